@@ -1,0 +1,43 @@
+# Every target installs what it needs from this repository's own files.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MXVENV ?= .venv-mxnet
+STAMP := $(VENV)/.installed
+
+.PHONY: venv mxnet-venv prometheus test test-fast lint demo compile bench build-images clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# mxnet 1.9.1 imports only beside numpy<1.24, so it lives in its own small venv,
+# used only by the RecordIO interoperability tests.
+mxnet-venv: $(MXVENV)/.installed
+
+$(MXVENV)/.installed:
+	test -x $(MXVENV)/bin/python || $(PYTHON) -m venv $(MXVENV)
+	$(MXVENV)/bin/python -m pip install -q "mxnet==1.9.1" "numpy==1.23.5" "opencv-python-headless<4.12"
+	touch $@
+
+# A real Prometheus server (Debian's package) and promtool for the monitoring tests.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+test: venv mxnet-venv prometheus
+	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q tests -m "not integration and not e2e"
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench components pipelines
+
+clean:
+	rm -rf $(VENV) $(MXVENV) build dist .pytest_cache

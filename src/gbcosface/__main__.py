@@ -1,0 +1,5 @@
+import sys
+
+from gbcosface.cli import main
+
+sys.exit(main())
