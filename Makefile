@@ -39,5 +39,14 @@ test-fast: venv
 lint: venv
 	$(VENV)/bin/ruff check src tests bench components pipelines
 
+# The KFP IR YAML of the DAG (pipelines/train_eval.py), for upload to a Kubeflow Pipelines UI.
+compile: venv
+	$(PY) -m gbcosface pipeline compile -o build/gbcosface_train_eval.yaml
+
+# The whole pipeline on this machine: local S3 server, synthetic faces, 2-replica emulated
+# PyTorchJob on CPU, IJB-C-like evaluation, gate, publish; prints trained vs untrained TAR@FAR.
+demo: venv
+	$(PY) -m gbcosface demo --out demo-out
+
 clean:
 	rm -rf $(VENV) $(MXVENV) build dist .pytest_cache

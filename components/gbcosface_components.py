@@ -1,0 +1,148 @@
+"""Lightweight KFP components. Each body imports gbcosface and calls one step function.
+
+Why lightweight Python components: KFP's local SubprocessRunner can run them (the embedded demo),
+and on a cluster they run in the pipeline image, which has gbcosface installed. The image is set
+at compile time from GBCOSFACE_PIPELINE_IMAGE. (No `from __future__ import annotations` here: KFP
+reads the annotations as real types.)
+"""
+
+
+import os
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+PIPELINE_IMAGE = os.environ.get("GBCOSFACE_PIPELINE_IMAGE", "ghcr.io/gbcosface/gbcosface-pipeline:0.1.0")
+
+
+def _component(func):
+    return dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)(func)
+
+
+@_component
+def stage_data(
+    data_uri: str,
+    run_uri: str,
+    work_dir: str,
+    endpoint_url: str,
+    dataset: Output[Dataset],
+) -> str:
+    """Stage the dataset from object storage, verify it, and pin it in a manifest."""
+    from gbcosface.steps.stage import stage_dataset
+
+    info = stage_dataset(data_uri=data_uri, run_uri=run_uri, work_dir=work_dir,
+                         endpoint_url=endpoint_url, manifest_out=dataset.path)
+    dataset.metadata.update(info)
+    return info["manifest_hash"]
+
+
+@_component
+def train_model(
+    dataset: Input[Dataset],
+    recipe: str,
+    overrides: list,
+    run_id: str,
+    run_uri: str,
+    work_dir: str,
+    endpoint_url: str,
+    launcher: str,
+    nnodes: int,
+    nproc_per_node: int,
+    trainer_image: str,
+    namespace: str,
+    s3_secret: str,
+    gpus_per_node: int,
+    timeout_s: int,
+    model: Output[Model],
+) -> str:
+    """Launch the PyTorchJob (or its local emulation), wait for it, and fetch the trained backbone."""
+    from gbcosface.steps.train import train_model as run
+
+    info = run(dataset_manifest=dataset.path, recipe=recipe, overrides=list(overrides), run_id=run_id,
+               run_uri=run_uri, work_dir=work_dir, endpoint_url=endpoint_url, launcher=launcher,
+               nnodes=nnodes, nproc_per_node=nproc_per_node, image=trainer_image, namespace=namespace,
+               s3_secret=s3_secret, gpus_per_node=gpus_per_node, timeout_s=timeout_s, model_dir=model.path)
+    model.metadata.update(info["lineage"])
+    model.metadata["job_name"] = info["job_name"]
+    return info["job_name"]
+
+
+@_component
+def evaluate_model(
+    dataset: Input[Dataset],
+    model: Input[Model],
+    target: str,
+    work_dir: str,
+    endpoint_url: str,
+    flip: bool,
+    norm_score: bool,
+    detector_score: bool,
+    gate_far: float,
+    run_uri: str,
+    metrics: Output[Metrics],
+    roc: Output[ClassificationMetrics],
+    report: Output[HTML],
+    table: Output[Markdown],
+    results: Output[Dataset],
+) -> float:
+    """IJB 1:1 verification of the trained backbone; returns TAR at the gate's FAR."""
+    from gbcosface.steps.evaluate import evaluate_model as run
+
+    out = run(dataset_manifest=dataset.path, model_dir=model.path, model_metadata=dict(model.metadata),
+              target=target, work_dir=work_dir, endpoint_url=endpoint_url, flip=flip,
+              norm_score=norm_score, detector_score=detector_score, gate_far=gate_far,
+              result_dir=results.path, run_uri=run_uri)
+    for name, value in out["kfp_metrics"].items():
+        metrics.log_metric(name, value)
+    roc.log_roc_curve(out["roc"]["fpr"], out["roc"]["tpr"], out["roc"]["thresholds"])
+    with open(report.path, "w") as fh:
+        fh.write(out["report_html"])
+    with open(table.path, "w") as fh:
+        fh.write(out["table_markdown"])
+    for artifact in (metrics, roc, report, table, results):
+        artifact.metadata.update(out["lineage"])
+    return float(out["gate_tar"])
+
+
+@_component
+def gate(tar: float, min_tar: float, far: float) -> str:
+    """Decide whether the model is good enough to publish."""
+    from gbcosface.steps.gate import decide
+
+    return decide(tar=tar, min_tar=min_tar, far=far)
+
+
+@_component
+def publish(
+    model: Input[Model],
+    results: Input[Dataset],
+    dataset: Input[Dataset],
+    run_uri: str,
+    endpoint_url: str,
+    export_onnx: bool,
+    summary: Output[Dataset],
+) -> str:
+    """Publish model, metadata and evaluation artifacts under the run prefix; write the run summary."""
+    from gbcosface.steps.publish import publish as run
+
+    info = run(model_dir=model.path, model_metadata=dict(model.metadata), results_dir=results.path,
+               dataset_metadata=dict(dataset.metadata), run_uri=run_uri, endpoint_url=endpoint_url,
+               export_onnx=export_onnx, summary_out=summary.path)
+    summary.metadata.update(info["lineage"])
+    return info["summary_uri"]
+
+
+@_component
+def record_rejection(tar: float, min_tar: float, far: float, run_uri: str, endpoint_url: str) -> str:
+    """The gate said no: record why under the run prefix, publish nothing."""
+    from gbcosface.steps.gate import record_rejection as run
+
+    return run(tar=tar, min_tar=min_tar, far=far, run_uri=run_uri, endpoint_url=endpoint_url)
+
+
+@_component
+def cleanup_job(run_id: str, launcher: str, namespace: str) -> str:
+    """Exit handler: delete a leftover PyTorchJob of this run (a cancelled or failed run leaves one)."""
+    from gbcosface.steps.train import cleanup_job as run
+
+    return run(run_id=run_id, launcher=launcher, namespace=namespace)

@@ -1,0 +1,1 @@
+"""The gbcosface Kubeflow pipeline (DAG) and its compile entry point."""

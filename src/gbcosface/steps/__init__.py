@@ -1,0 +1,1 @@
+"""Pipeline steps: the logic behind each KFP component (components/ only call these)."""
