@@ -1,0 +1,170 @@
+"""Offline checks of a PyTorchJob: the CRD's schema, the operator webhook's rules, and ours.
+
+Why here and not only in tests: `gbcosface job render --crd FILE` and the pipeline can refuse a bad
+job before it reaches a cluster, where the same mistakes surface as a rejected admission request
+(or worse, a job that is accepted and hangs in rendezvous).
+
+- `crd_schema_errors`: jsonschema against the CRD's `spec.versions[v1].schema.openAPIV3Schema`.
+  With `strict=True` (the default) objects that list `properties` reject other keys, as the API
+  server does with strict field validation (`kubectl apply` defaults to it since 1.27; without it
+  unknown fields are silently pruned, which hides typos).
+- `webhook_errors`: the training operator v1.9 validating webhook (pkg/webhooks/pytorch): DNS-1035
+  name, replica types Master/Worker only, containers with images and one named `pytorch`,
+  Master replicas exactly 1, Worker replicas >= 1, elasticPolicy only with Workers and not
+  together with both nProcPerNode fields, runPolicy.managedBy values.
+- `project_errors`: rules of this project's contract: a non-elastic job has a Master (the operator
+  injects MASTER_ADDR/RANK only then), label keys and values are valid (the CRD schema leaves
+  metadata unchecked).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from . import contract
+from .names import is_dns1035_label
+
+MANAGED_BY = ("kubeflow.org/training-operator", "kueue.x-k8s.io/multikueue")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class JobValidationError(ValueError):
+    """A job that the CRD schema, the operator's webhook or the project's contract rejects."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("invalid PyTorchJob:\n  " + "\n  ".join(errors))
+
+
+def load_crd_schema(path: str | Path, version: str = "v1") -> dict[str, Any]:
+    """The openAPIV3Schema of `version` from a CRD YAML file."""
+    crd = yaml.safe_load(Path(path).read_text())
+    for ver in crd["spec"]["versions"]:
+        if ver["name"] == version:
+            return ver["schema"]["openAPIV3Schema"]
+    raise ValueError(f"{path}: no version {version!r} in the CRD")
+
+
+def _strict(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+_FORMATS = jsonschema.FormatChecker()
+
+
+@_FORMATS.checks("int32")
+def _int32(value: object) -> bool:
+    return not isinstance(value, int) or -(2**31) <= value < 2**31
+
+
+@_FORMATS.checks("int64")
+def _int64(value: object) -> bool:
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
+
+
+def crd_schema_errors(obj: dict[str, Any], schema: dict[str, Any], strict: bool = True) -> list[str]:
+    """Schema violations as `path: message` strings (empty when valid)."""
+    schema = _strict(copy.deepcopy(schema)) if strict else schema
+    validator = jsonschema.Draft7Validator(schema, format_checker=_FORMATS)
+    errors = []
+    for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
+        path = ".".join(str(p) for p in err.absolute_path) or "<root>"
+        errors.append(f"{path}: {err.message}")
+    return errors
+
+
+def webhook_errors(job: dict[str, Any]) -> list[str]:
+    """What the training operator's validating webhook would reject."""
+    errors: list[str] = []
+    name = (job.get("metadata") or {}).get("name", "")
+    if not is_dns1035_label(name):
+        errors.append(f"metadata.name: {name!r} is not a DNS-1035 label")
+    spec = job.get("spec") or {}
+    managed_by = (spec.get("runPolicy") or {}).get("managedBy")
+    if managed_by is not None and managed_by not in MANAGED_BY:
+        errors.append(f"spec.runPolicy.managedBy: {managed_by!r} is not one of {MANAGED_BY}")
+    replicas = spec.get("pytorchReplicaSpecs")
+    if not replicas:
+        errors.append("spec.pytorchReplicaSpecs: must be specified")
+        replicas = {}
+    elastic = spec.get("elasticPolicy")
+    if elastic is not None:
+        if contract.WORKER not in replicas:
+            errors.append("spec.pytorchReplicaSpecs[Worker]: must be configured if elastic policy is used")
+        if elastic.get("nProcPerNode") is not None and spec.get("nprocPerNode") is not None:
+            errors.append("spec.elasticPolicy.nProcPerNode: must not be used with spec.nprocPerNode")
+    for rtype, rspec in replicas.items():
+        where = f"spec.pytorchReplicaSpecs[{rtype}]"
+        if rtype not in (contract.MASTER, contract.WORKER):
+            errors.append(f"{where}: unsupported replica type (Master or Worker)")
+        containers = (((rspec or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+        if not containers:
+            errors.append(f"{where}.template.spec.containers: must be specified")
+        for i, container in enumerate(containers):
+            if not container.get("image"):
+                errors.append(f"{where}.template.spec.containers[{i}].image: must be required")
+        if not any(c.get("name") == contract.CONTAINER_NAME for c in containers):
+            errors.append(f"{where}.template.spec.containers: must have a container named {contract.CONTAINER_NAME}")
+        count = (rspec or {}).get("replicas")
+        if rtype == contract.MASTER and count != 1:
+            errors.append(f"{where}.replicas: must be 1 (got {count!r})")
+        elif rtype == contract.WORKER and count is not None and count < 1:
+            errors.append(f"{where}.replicas: must be at least 1 (got {count!r})")
+    return errors
+
+
+def _label_errors(where: str, labels: dict[str, Any] | None) -> list[str]:
+    errors = []
+    for key, value in (labels or {}).items():
+        prefix, _, name = key.rpartition("/")
+        if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+            errors.append(f"{where}: label key {key!r} has an invalid prefix")
+        if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+            errors.append(f"{where}: label key {key!r} has an invalid name")
+        if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.match(value)):
+            errors.append(f"{where}: label {key!r} has an invalid value {value!r}")
+    return errors
+
+
+def project_errors(job: dict[str, Any]) -> list[str]:
+    """Rules of this project's PyTorchJob contract beyond the webhook's."""
+    errors: list[str] = []
+    spec = job.get("spec") or {}
+    replicas = spec.get("pytorchReplicaSpecs") or {}
+    if spec.get("elasticPolicy") is None and contract.MASTER not in replicas:
+        errors.append("spec.pytorchReplicaSpecs[Master]: a non-elastic job needs a Master (it provides MASTER_ADDR)")
+    errors += _label_errors("metadata.labels", (job.get("metadata") or {}).get("labels"))
+    for rtype, rspec in replicas.items():
+        meta = ((rspec or {}).get("template") or {}).get("metadata") or {}
+        errors += _label_errors(f"spec.pytorchReplicaSpecs[{rtype}].template.metadata.labels", meta.get("labels"))
+    return errors
+
+
+def job_errors(job: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str]:
+    errors = crd_schema_errors(job, schema) if schema is not None else []
+    return errors + webhook_errors(job) + project_errors(job)
+
+
+def check_job(job: dict[str, Any], schema: dict[str, Any] | None = None) -> None:
+    """Raise JobValidationError listing every problem; `schema` adds the CRD check."""
+    errors = job_errors(job, schema)
+    if errors:
+        raise JobValidationError(errors)

@@ -1,0 +1,109 @@
+"""What a checkpoint holds, and how it is put back: the training state as plain tensors and dicts.
+
+Why a separate module: the trainer decides *when* to checkpoint, `checkpoint.py` decides *how* bytes
+reach storage, and this module decides *what* must be captured so that a resumed run continues
+bitwise where an uninterrupted one would be:
+- backbone, head and loss module states (the loss's cos_v buffer and its `initialised` flag);
+- optimizer state (momentum buffers) and param-group hyper-parameters;
+- the lr schedule's last factor (the lr itself is recomputed from the data position);
+- the fp16 grad scaler's scale and growth tracker;
+- the data position: epoch and global samples consumed in it (not the sampler's own iteration
+  state, which runs ahead of training because the DataLoader prefetches);
+- counters (step, samples seen, non-finite steps skipped), the best validation score so far;
+- the RNG states of every rank (`rng.pt`, gathered to rank 0 by the trainer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Progress:
+    """Where training is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done (skipped non-finite steps included)
+    epoch: int = 0  # current epoch (0-indexed)
+    samples_in_epoch: int = 0  # global samples consumed in `epoch`
+    samples_seen: int = 0  # global samples consumed since the start of training
+    bad_steps: int = 0  # non-finite steps skipped so far
+    best_score: float = -math.inf  # best mean validation accuracy
+    best_step: int = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def _cpu(obj: Any) -> Any:
+    """Detached CPU copies of every tensor in a nested structure (so saving never holds GPU memory)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def collect(
+    *,
+    backbone: torch.nn.Module,
+    head: torch.nn.Module,
+    loss: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
+    world_size: int,
+    global_batch: int,
+    config_hash: str,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "progress": progress.to_dict(),
+        "world_size": int(world_size),
+        "global_batch": int(global_batch),
+        "config_hash": config_hash,
+        "backbone": _cpu(backbone.state_dict()),
+        "head": _cpu(head.state_dict()),
+        "loss": _cpu(loss.state_dict()),
+        "optimizer": _cpu(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+    }
+
+
+def restore(
+    state: dict[str, Any],
+    *,
+    backbone: torch.nn.Module,
+    head: torch.nn.Module,
+    loss: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    where: str,
+) -> Progress:
+    """Load every component strictly; returns the saved progress."""
+    fmt = state.get("format")
+    if fmt != FORMAT_VERSION:
+        raise ValueError(f"{where}: checkpoint format {fmt!r}, expected {FORMAT_VERSION}")
+    backbone.load_state_dict(state["backbone"], strict=True)
+    head.load_state_dict(state["head"], strict=True)
+    loss.load_state_dict(state["loss"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return Progress.from_dict(state["progress"])
