@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "gbcosface.storage.cli",
     "gbcosface.launch.cli",
     "gbcosface.pipeline_cli",
+    "gbcosface.demo",
 )
 
 

@@ -10,7 +10,14 @@ import pytest
 
 from gbcosface.data.align import ARCFACE_TEMPLATE, align_face
 from gbcosface.data.errors import DataFormatError
-from gbcosface.data.ijb import image_path, load_aligned, load_ijb_image, meta_paths, read_ijb_meta, write_ijb_meta
+from gbcosface.data.ijb import (
+    image_path,
+    load_aligned,
+    load_ijb_image,
+    meta_paths,
+    read_ijb_meta,
+    write_ijb_meta,
+)
 
 
 def _fields(n_images=7, n_pairs=11, seed=0):

@@ -13,7 +13,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from gbcosface.data.recordio import IndexedRecordReader, IndexedRecordWriter, IRHeader, iter_records, pack, unpack
+from gbcosface.data.recordio import (
+    IndexedRecordReader,
+    IndexedRecordWriter,
+    IRHeader,
+    iter_records,
+    pack,
+    unpack,
+)
 
 pytestmark = pytest.mark.integration
 

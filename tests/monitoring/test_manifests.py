@@ -162,6 +162,7 @@ def _kubectl() -> str:
     return path
 
 
+@pytest.mark.integration
 def test_kustomize_renders_the_three_objects():
     out = subprocess.run(
         [_kubectl(), "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=120, check=True
@@ -202,6 +203,7 @@ def test_dashboard_structure():
     assert used - {"__rate_interval"} <= variables
 
 
+@pytest.mark.integration
 def test_dashboard_queries_are_valid_promql(tmp_path):
     """Each panel query, with Grafana variables filled in, parses as PromQL (promtool)."""
     substitutions = {"$__rate_interval": "1m", "$training_job": "job1", "$rank": ".*"}
@@ -217,6 +219,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_local_prometheus_config(tmp_path):
     """The checked-in local config is valid and is what render_config() writes for the demo ports."""
     result = promtool("check", "config", LOCAL_CONFIG)

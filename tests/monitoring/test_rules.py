@@ -42,6 +42,7 @@ def write_unit_test(rules: dict, workdir: Path) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_promtool_check_rules(tmp_path):
     rules = write_rules_file(PROMETHEUS_RULE, tmp_path / "rules.yml")
     result = promtool("check", "rules", rules)
@@ -50,6 +51,7 @@ def test_promtool_check_rules(tmp_path):
     assert f"SUCCESS: {n_rules} rules found" in result.stdout
 
 
+@pytest.mark.integration
 def test_alert_unit_tests_pass(tmp_path):
     path = write_unit_test(extract_rule_groups(PROMETHEUS_RULE), tmp_path)
     result = promtool("test", "rules", path)
@@ -88,11 +90,13 @@ def _mutated_run(tmp_path: Path, name: str, mutate) -> int:
     return promtool("test", "rules", write_unit_test(rules, workdir)).returncode
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(alert_rules(extract_rule_groups(PROMETHEUS_RULE))))
 def test_unit_tests_notice_an_alert_that_never_fires(tmp_path, name):
     assert _mutated_run(tmp_path, name, lambda expr: "vector(1) == 2") != 0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(PHASE_GUARDED))
 def test_unit_tests_notice_a_missing_training_phase_guard(tmp_path, name):
     def drop_guard(expr: str) -> str:

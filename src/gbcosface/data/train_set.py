@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from gbcosface.data.errors import DataFormatError
 from gbcosface.data.recordio import IndexedRecordReader, header_label, read_face_layout, read_property, unpack
@@ -92,37 +92,97 @@ class RecordFaceDataset(Dataset):
         """How many samples were replaced so far, summed over all processes (workers included)."""
         return int(self._bad.value)
 
-    def load(self, index: int) -> tuple[torch.Tensor, int]:
-        """Read and decode sample `index`; any problem raises DataFormatError naming file and key."""
+    def _record(self, index: int) -> tuple[str, int, bytes]:
+        """(where, label, encoded image) of sample `index`, with the label checked."""
         key = int(self.image_keys[index])
         where = f"{self.reader.rec_path} (key {key})"
         header, data = unpack(self.reader.read(key), where)
         label = header_label(header)
         if label != int(label) or not 0 <= label < self.num_classes:
             raise DataFormatError(f"{where}: label {label} is not a class id in [0, {self.num_classes})")
+        return where, int(label), data
+
+    def _check_size(self, where: str, h: int, w: int) -> None:
+        if (h, w) != (self.height, self.width):
+            raise DataFormatError(
+                f"{where}: image is {h}x{w} but {self.train_dir / 'property'} says {self.height}x{self.width}"
+            )
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        """Read and decode sample `index`; any problem raises DataFormatError naming file and key."""
+        where, label, data = self._record(index)
         try:
             image = _DECODE[self.decoder](data)
         except (RuntimeError, ValueError) as exc:
             raise DataFormatError(f"{where}: image could not be decoded ({exc})") from None
-        if image.shape[1:] != (self.height, self.width):
-            raise DataFormatError(
-                f"{where}: image is {image.shape[1]}x{image.shape[2]} but {self.train_dir / 'property'} "
-                f"says {self.height}x{self.width}"
-            )
-        return image, int(label)
+        self._check_size(where, image.shape[1], image.shape[2])
+        return image, label
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def _load_into(self, index: int, out: np.ndarray) -> int:
+        """Decode sample `index` straight into `out` (uint8 (3,H,W) view of a batch); return the label.
+
+        cv2.split writes the BGR planes into the batch in reversed order: one pass, no per-sample
+        tensor and no second copy when the batch is stacked (about 10% of the decode cost).
+        """
+        if self.decoder != "cv2":
+            image, label = self.load(index)
+            out[...] = image.numpy()
+            return label
+        where, label, data = self._record(index)
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataFormatError(f"{where}: image could not be decoded (cv2.imdecode returned nothing)")
+        self._check_size(where, img.shape[0], img.shape[1])
+        planes = cv2.split(img, [out[2], out[1], out[0]])
+        if not np.shares_memory(planes[0], out[2]):  # an OpenCV that did not write in place
+            out[...] = img[:, :, ::-1].transpose(2, 0, 1)
+        return label
+
+    def _with_skip(self, fn, index: int, *args):
         if not self.skip_bad:
-            return self.load(index)
+            return fn(index, *args)
         n = len(self)
         for step in range(n):
             try:
-                return self.load((index + step) % n)
+                return fn((index + step) % n, *args)
             except DataFormatError as exc:
                 with self._bad.get_lock():
                     self._bad.value += 1
                 log.warning("skipping bad sample %d (pid %d): %s", (index + step) % n, os.getpid(), exc)
         raise DataFormatError(f"{self.reader.rec_path}: no readable sample at all")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self._with_skip(self.load, index)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """A whole batch at once (DataLoader calls this): samples are views of one (B,3,H,W) tensor,
+        in shared memory inside a worker, which `collate_faces` then passes on without copying.
+        """
+        batch = torch.empty((len(indices), 3, self.height, self.width), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            batch.share_memory_()
+        arr = batch.numpy()
+        labels = [self._with_skip(self._load_into, int(i), arr[j]) for j, i in enumerate(indices)]
+        return [(batch[j], labels[j]) for j in range(len(indices))]
+
+
+def collate_faces(samples: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+    """Collate (image, label) samples into [images (B,3,H,W) uint8, labels (B,) int64].
+
+    Samples produced by `RecordFaceDataset.__getitems__` are consecutive views of one batch tensor,
+    which is returned as is; anything else is stacked like default_collate does.
+    """
+    images = [im for im, _ in samples]
+    labels = torch.tensor([int(y) for _, y in samples], dtype=torch.int64)
+    base = images[0]._base
+    if (
+        base is not None
+        and base.shape[0] == len(images)
+        and base.is_contiguous()
+        and all(im._base is base and im.storage_offset() == j * im.numel() for j, im in enumerate(images))
+    ):
+        return [base, labels]
+    return [torch.stack(images), labels]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -298,6 +358,7 @@ def build_train_loader(
         pin_memory=pin_memory,
         drop_last=drop_last,
         generator=g,
+        collate_fn=collate_faces,
         **kwargs,
     )
 

@@ -160,7 +160,22 @@ class RenderedJob:
 
     def to_yaml(self) -> str:
         """Multi-document YAML, ConfigMap first so that `kubectl apply -f` creates it before the pods."""
-        return yaml.safe_dump_all([self.configmap, self.job], sort_keys=False)
+        return yaml.dump_all([self.configmap, self.job], Dumper=_ManifestDumper, sort_keys=False)
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Readable manifests: multi-line strings (the config) as literal blocks, no YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_ManifestDumper.add_representer(str, _str)
 
 
 def configmap_name(job_name: str) -> str:

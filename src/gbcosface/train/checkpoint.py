@@ -6,9 +6,10 @@ Why this shape:
   rank, gathered to rank 0), `meta.json` (a readable summary) and the marker `COMPLETE`, written last.
   A directory without its marker is ignored, so a job killed while writing resumes from the previous
   checkpoint instead of a torn one.
-- Locally the directory is first written under a temporary name (`.tmp-step-...`) and renamed into
-  place, so a reader never sees a half-written `step-*` directory either. On S3 (no rename) every
-  object is uploaded first and the marker last.
+- Locally the directory is first written under a temporary name (`.tmp-step-...`), fsynced and renamed
+  into place, so a reader never sees a half-written `step-*` directory either. On S3 (no rename) the
+  files are uploaded by `gbcosface.storage.upload_dir` (multipart, sha256 metadata checked on read)
+  and the marker, which then holds the upload manifest, last.
 - Loading uses `torch.load(weights_only=True)`: a checkpoint is data, never code. A file whose pickle
   asks for anything beyond tensors and plain containers is refused with CheckpointError.
 - Only rank 0 writes: model and optimizer states are identical on every rank under DDP, and the
@@ -24,6 +25,7 @@ import os
 import pickle
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,8 @@ from typing import Any
 import torch
 
 from gbcosface.storage.errors import NotFoundError
-from gbcosface.storage.objects import delete_prefix, get_bytes, list_uri, put_bytes
+from gbcosface.storage.objects import delete_prefix, get_bytes, list_uri
+from gbcosface.storage.transfer import upload_dir
 from gbcosface.storage.uri import join_uri, parse_uri
 
 log = logging.getLogger(__name__)
@@ -175,9 +178,11 @@ def save(output: str, step: int, files: dict[str, bytes], meta: dict[str, Any]) 
     if loc.is_s3:
         target = join_uri(root, name)
         delete_prefix(target)  # a torn earlier attempt at this step must not mix with this one
-        for fname in sorted(payload):
-            put_bytes(join_uri(target, fname), payload[fname])
-        put_bytes(join_uri(target, MARKER), b"")
+        with tempfile.TemporaryDirectory(prefix="gbcosface-ckpt-") as tmp:
+            for fname in sorted(payload):
+                _write_file(Path(tmp) / fname, payload[fname])
+            # parallel multipart uploads with sha256 metadata; the marker (holding the manifest) last
+            upload_dir(tmp, target, marker=MARKER, skip_existing=False)
         return CheckpointRef(step, target)
     assert loc.path is not None
     loc.path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,254 @@
+"""`gbcosface job render|submit|wait|logs|delete|local`.
+
+Why one verb group: the same JobSpec options render a manifest for `kubectl apply`, submit it
+through the SDK, or (with `local`) run the same command under the emulator, so a person can move
+between the three without translating flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _kv(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="training config YAML (or a recipe name: paper, demo)")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value, resolved into the ConfigMap")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--name", help="job name (DNS-1035, <= 48 characters)")
+    who.add_argument("--run-id", help="derive a run-scoped job name from a pipeline run id")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--image", required=True, help="trainer image (pin it by digest)")
+    p.add_argument("--image-pull-policy", default="IfNotPresent")
+    p.add_argument("--nnodes", type=int, default=1, help="pods: 1 Master + nnodes-1 Workers")
+    p.add_argument("--nproc-per-node", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--cpu-request")
+    p.add_argument("--cpu-limit")
+    p.add_argument("--memory-request")
+    p.add_argument("--memory-limit")
+    p.add_argument("--shm-size", default="16Gi", help="size of the /dev/shm memory volume ('' for none)")
+    p.add_argument("--node-selector", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--gpu-toleration", action="store_true", help="tolerate the nvidia.com/gpu NoSchedule taint")
+    p.add_argument("--nccl-env", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="NCCL settings (default NCCL_DEBUG=WARN)")
+    p.add_argument("--nccl-socket-ifname", help="network interface for NCCL/gloo bootstrap, e.g. eth0")
+    p.add_argument("--env", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL")
+    p.add_argument("--service-account")
+    p.add_argument("--data-pvc", help="PersistentVolumeClaim with the training data (mounted read-only)")
+    p.add_argument("--data-mount-path", default="/data")
+    p.add_argument("--metrics-port", type=int, help="base metrics port (default: the config's run.metrics_port)")
+    p.add_argument("--clean-pod-policy", default="Running", choices=["None", "Running", "All"])
+    p.add_argument("--ttl", type=int, default=86400, help="ttlSecondsAfterFinished")
+    p.add_argument("--backoff-limit", type=int, default=3)
+    p.add_argument("--active-deadline", type=int, help="activeDeadlineSeconds")
+    p.add_argument("--elastic-min", type=int, help="elastic: minimum nodes (Worker-only job)")
+    p.add_argument("--elastic-max", type=int, help="elastic: maximum nodes")
+    p.add_argument("--elastic-max-restarts", type=int)
+    p.add_argument("--queue", help="runPolicy.schedulingPolicy.queue (gang scheduling)")
+    p.add_argument("--min-available", type=int, help="gang size (default: all pods when --queue is set)")
+    p.add_argument("--priority-class")
+    p.add_argument("--label", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--extra-arg", action="append", default=[], help="appended to `gbcosface train`")
+    p.add_argument("--crd", type=Path, help="validate against this PyTorchJob CRD file before output")
+
+
+def _rendered(args: argparse.Namespace) -> Any:
+    from gbcosface.config import load_config
+
+    from .names import job_name_for_run
+    from .pytorchjob import JobSpec, render_job
+    from .validate import check_job, load_crd_schema
+
+    cfg = load_config(args.config, args.overrides)
+    nccl = {"NCCL_DEBUG": "WARN", **dict(args.nccl_env)}
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if args.gpu_toleration else []
+    spec = JobSpec(
+        name=args.name or job_name_for_run(args.run_id),
+        run_id=args.run_id,
+        image=args.image,
+        namespace=args.namespace,
+        nnodes=args.nnodes,
+        nproc_per_node=args.nproc_per_node,
+        image_pull_policy=args.image_pull_policy,
+        gpus_per_node=args.gpus_per_node,
+        cpu_request=args.cpu_request,
+        cpu_limit=args.cpu_limit,
+        memory_request=args.memory_request,
+        memory_limit=args.memory_limit,
+        shm_size=args.shm_size or None,
+        node_selector=dict(args.node_selector),
+        tolerations=tolerations,
+        nccl_env=nccl,
+        nccl_socket_ifname=args.nccl_socket_ifname,
+        env=dict(args.env),
+        s3_secret_name=args.s3_secret,
+        service_account=args.service_account,
+        data_volume_claim=args.data_pvc,
+        data_mount_path=args.data_mount_path,
+        metrics_port=args.metrics_port,
+        clean_pod_policy=args.clean_pod_policy,
+        ttl_seconds_after_finished=args.ttl,
+        backoff_limit=args.backoff_limit,
+        active_deadline_seconds=args.active_deadline,
+        elastic_min_nodes=args.elastic_min,
+        elastic_max_nodes=args.elastic_max,
+        elastic_max_restarts=args.elastic_max_restarts,
+        queue=args.queue,
+        min_available=args.min_available,
+        priority_class=args.priority_class,
+        labels=dict(args.label),
+        extra_args=list(args.extra_arg),
+    )
+    rendered = render_job(spec, cfg)
+    check_job(rendered.job, load_crd_schema(args.crd) if args.crd else None)
+    return rendered
+
+
+def _render(args: argparse.Namespace) -> int:
+    text = _rendered(args).to_yaml()
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        log.info("wrote %s", args.output)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import JobClient
+
+    return JobClient(namespace=args.namespace, config_file=args.kubeconfig, context=args.context)
+
+
+def _report(fn: Any) -> int:
+    from .client import JobError
+
+    try:
+        status = fn()
+    except JobError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    if status is not None:
+        print(status.describe())
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    rendered = _rendered(args)
+    client = _client(args)
+    if args.wait:
+        return _report(lambda: client.run(rendered, args.timeout, poll_interval=args.poll, stream_logs=args.follow))
+    client.submit(rendered)
+    print(rendered.job["metadata"]["name"])
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    return _report(lambda: _client(args).wait(args.name, args.timeout, poll_interval=args.poll))
+
+
+def _logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.follow:
+        client.follow_logs(args.name)
+    else:
+        sys.stdout.write(client.logs(args.name, tail_lines=args.tail))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    existed = _client(args).delete(args.name)
+    print(f"deleted {args.name}" if existed else f"{args.name} did not exist")
+    return 0
+
+
+def _local(args: argparse.Namespace) -> int:
+    from .contract import split_command
+    from .local import run_local_job
+
+    if args.command_line is None and args.config is None:
+        print("gbcosface job local: --config or --command is required", file=sys.stderr)
+        return 2
+    result = run_local_job(
+        replicas=args.replicas,
+        nproc_per_node=args.nproc_per_node,
+        config=args.config,
+        overrides=args.overrides,
+        command=split_command(args.command_line) if args.command_line else None,
+        log_dir=args.log_dir,
+        max_restarts=args.max_restarts,
+        job_name=args.job_name,
+        extra_env=dict(args.env),
+        timeout_s=args.timeout,
+    )
+    for i, attempt in enumerate(result.attempts):
+        print(f"attempt {i}: {attempt.reason}; exit codes {dict(zip(result.replica_names, attempt.exit_codes, strict=True))}")
+    print(f"{result.job_name}: {'Succeeded' if result.succeeded else 'Failed'} (logs in {result.log_dir})")
+    return 0 if result.succeeded else 1
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: ~/.kube/config or in-cluster)")
+    p.add_argument("--context")
+
+
+def register(subparsers: Any) -> None:
+    job = subparsers.add_parser("job", help="render, submit, watch and clean up PyTorchJobs; run one locally")
+    verbs = job.add_subparsers(dest="job_verb", metavar="VERB", required=True)
+
+    r = verbs.add_parser("render", help="write the ConfigMap + PyTorchJob as multi-document YAML")
+    _add_spec_args(r)
+    r.add_argument("-o", "--output", help="output file (default stdout)")
+    r.set_defaults(func=_render)
+
+    s = verbs.add_parser("submit", help="create the ConfigMap + PyTorchJob in a cluster")
+    _add_spec_args(s)
+    _add_cluster_args(s)
+    s.add_argument("--wait", action="store_true", help="wait for the job to finish (deleted on timeout or Ctrl-C)")
+    s.add_argument("--follow", action="store_true", help="with --wait: stream the master's log")
+    s.add_argument("--timeout", type=float, default=7 * 24 * 3600.0)
+    s.add_argument("--poll", type=float, default=10.0)
+    s.set_defaults(func=_submit)
+
+    for verb, helptext in (("wait", "wait for a job to finish"), ("logs", "print the master's log"),
+                           ("delete", "delete a job and its ConfigMap")):
+        v = verbs.add_parser(verb, help=helptext)
+        v.add_argument("name")
+        v.add_argument("--namespace", default="default")
+        _add_cluster_args(v)
+        if verb == "wait":
+            v.add_argument("--timeout", type=float, required=True)
+            v.add_argument("--poll", type=float, default=10.0)
+        if verb == "logs":
+            v.add_argument("-f", "--follow", action="store_true")
+            v.add_argument("--tail", type=int)
+        v.set_defaults(func={"wait": _wait, "logs": _logs, "delete": _delete}[verb])
+
+    lo = verbs.add_parser("local", help="emulate the PyTorchJob on this machine: one process per replica")
+    lo.add_argument("--replicas", type=int, default=2, help="pods to emulate (1 Master + replicas-1 Workers)")
+    lo.add_argument("--nproc-per-node", type=int, default=1)
+    lo.add_argument("--config", help="training config YAML")
+    lo.add_argument("--command", dest="command_line",
+                    help="run this command in each replica instead of the trainer (a leading torchrun/python "
+                         "maps to this interpreter)")
+    lo.add_argument("--log-dir", help="per-replica log files (default: a new temporary directory)")
+    lo.add_argument("--max-restarts", type=int, default=0, help="restarts of the whole set (the job's backoffLimit)")
+    lo.add_argument("--job-name", default="gbcosface-local")
+    lo.add_argument("--env", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    lo.add_argument("--timeout", type=float, help="kill the job after this many seconds (activeDeadlineSeconds)")
+    lo.add_argument("overrides", nargs="*", help="after --: config overrides key=value passed to the trainer")
+    lo.set_defaults(func=_local)
