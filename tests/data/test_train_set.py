@@ -15,6 +15,7 @@ from gbcosface.data.train_set import (
     RecordFaceDataset,
     ResumableDistributedSampler,
     build_train_loader,
+    collate_faces,
     flip_mask,
     prepare_batch,
 )
@@ -37,10 +38,26 @@ def test_dataset_items_match_independent_decode(tmp_path, make_train_dir, make_j
         assert label == labels[i]
 
 
+def test_batched_fetch_equals_single_items_without_extra_copy(tmp_path, make_train_dir):
+    ds = RecordFaceDataset(make_train_dir(tmp_path, bad_keys=(3,)), skip_bad=True)
+    samples = ds.__getitems__([4, 0, 2, 8])  # index 2 (key 3) is bad: replaced by index 3
+    batch, labels = collate_faces(samples)
+    assert batch.shape == (4, 3, 112, 112) and batch.data_ptr() == samples[0][0].data_ptr()
+    expected = [ds[4], ds[0], ds[3], ds[8]]
+    assert torch.equal(batch, torch.stack([im for im, _ in expected]))
+    assert labels.tolist() == [y for _, y in expected] and labels.dtype == torch.int64
+    # samples that are not views of one batch are stacked
+    plain = [ds[1], ds[5]]
+    stacked, plain_labels = collate_faces(plain)
+    assert torch.equal(stacked[1], plain[1][0]) and plain_labels.tolist() == [0, 2]
+
+
 def test_undecodable_jpeg_names_file_and_key(tmp_path, make_train_dir):
     ds = RecordFaceDataset(make_train_dir(tmp_path, bad_keys=(4,)))
     with pytest.raises(DataFormatError, match=r"train\.rec \(key 4\): image could not be decoded"):
         ds[3]
+    with pytest.raises(DataFormatError, match=r"train\.rec \(key 4\): image could not be decoded"):
+        ds.__getitems__([0, 3])
 
 
 def test_skip_bad_replaces_deterministically_and_counts(tmp_path, make_train_dir, caplog):
@@ -182,6 +199,27 @@ def test_loader_with_workers_matches_no_workers(tmp_path, make_train_dir):
         out[workers] = batches
     for (xa, ya), (xb, yb) in zip(out[0], out[2], strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_ring_slots_are_reused_without_corrupting_kept_batches(tmp_path, make_train_dir):
+    """Two workers, prefetch 1 (ring of 2 slots each), 2 epochs of 10 batches: every slot is rewritten
+    many times while the test keeps every batch it got; each must still equal an independent decode.
+    """
+    ds = RecordFaceDataset(make_train_dir(tmp_path, images_per_class=(7, 6, 7)))
+    sampler = ResumableDistributedSampler(len(ds), seed=4)
+    loader = build_train_loader(ds, sampler, batch_size=2, num_workers=2, prefetch_factor=1)
+    assert loader.ring is not None and tuple(loader.ring.shape[:3]) == (2, 2, 2)
+    kept, expected = [], []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        order = list(iter(sampler))
+        for b, (images, labels) in enumerate(loader):
+            kept.append((images, labels))
+            expected.append([ds[i] for i in order[2 * b : 2 * b + 2]])
+    assert len(kept) == 20
+    for (images, labels), ref in zip(kept, expected, strict=True):
+        assert torch.equal(images, torch.stack([im for im, _ in ref]))
+        assert labels.tolist() == [y for _, y in ref]
 
 
 def test_prepare_batch_flip_and_normalisation():

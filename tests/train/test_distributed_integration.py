@@ -29,6 +29,7 @@ def _config(tmp: Path, trainset: Path, name: str) -> Path:
     cfg = tiny_config(trainset, str(tmp / name), run={"checkpoint_every": CKPT_EVERY, "keep_last": 20},
                       schedule={"epochs": 4, "milestones": [2], "max_steps": MAX_STEPS})
     cfg["model"]["dropout"] = 0.05  # exercises the torch RNG state (dropout masks) across the resume
+    cfg["data"]["num_workers"] = 1  # a prefetching loader: the sampler position must count consumed batches only
     return write_config(tmp / f"{name}.yaml", cfg)
 
 

@@ -197,9 +197,12 @@ class JobClient:
     def logs(self, name: str, namespace: str | None = None, tail_lines: int | None = None, pod: str | None = None) -> str:
         ns = namespace or self.namespace
         pod = pod or self.leader_pod(name, ns)
-        return self.core.read_namespaced_pod_log(
-            pod, ns, container=contract.CONTAINER_NAME, tail_lines=tail_lines, _request_timeout=self.request_timeout
+        # Raw bytes: the generated client would otherwise try to parse a log line as JSON.
+        resp = self.core.read_namespaced_pod_log(
+            pod, ns, container=contract.CONTAINER_NAME, tail_lines=tail_lines,
+            _request_timeout=self.request_timeout, _preload_content=False,
         )
+        return resp.data.decode("utf-8", errors="replace")
 
     def follow_logs(
         self,

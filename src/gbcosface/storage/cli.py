@@ -7,6 +7,7 @@ functions; the CLI only parses flags and turns StorageError into one clear line 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
@@ -63,6 +64,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _fail(exc: Exception) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return 1
@@ -116,6 +121,8 @@ def _s3_server(args: argparse.Namespace) -> int:
         server = LocalS3Server(args.port, log_path=args.log).start()
     except StorageError as exc:
         return _fail(exc)
+    # `kill PID` (SIGTERM) must stop the server as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for bucket in args.bucket:
             server.create_bucket(bucket)

@@ -35,6 +35,20 @@ DUMMY_CREDENTIALS = {
 }
 
 
+# Runs moto's server, but first asks Linux to SIGTERM it when its parent dies (prctl
+# PR_SET_PDEATHSIG), so that a test run or demo killed with SIGKILL does not leak servers.
+_LAUNCHER = """
+import os, signal, sys
+if sys.platform.startswith("linux"):
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit(0)
+from moto.server import main
+main(sys.argv[2:])
+"""
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port that was free a moment ago (the caller retries if another process takes it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -43,7 +57,11 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 class LocalS3Server:
-    """Start/stop `moto.server` on 127.0.0.1 and wait until it answers HTTP."""
+    """Start/stop `moto.server` on 127.0.0.1 and wait until it answers HTTP.
+
+    On Linux the server also stops when the thread that started it exits (PR_SET_PDEATHSIG), so
+    start it from a long-lived thread (the main thread in tests, the demo and benchmarks).
+    """
 
     def __init__(
         self, port: int = 0, *, startup_timeout: float = 30.0, log_path: str | Path | None = None
@@ -87,7 +105,16 @@ class LocalS3Server:
             self.port = self.requested_port or free_port()
             with open(self._log_path, "ab") as log:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+                    [
+                        sys.executable,
+                        "-c",
+                        _LAUNCHER,
+                        str(os.getpid()),
+                        "-H",
+                        self.host,
+                        "-p",
+                        str(self.port),
+                    ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

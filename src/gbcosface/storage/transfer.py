@@ -128,9 +128,12 @@ def upload(
 
 
 def upload_dir(
-    local_dir: str | Path, uri: str | Path | Location, *, marker: str | None = None, **kwargs: Any
+    local_dir: str | Path, uri: str | Path | Location, *, marker: str | None = "COMPLETE", **kwargs: Any
 ) -> Manifest:
-    """Upload a directory tree (for example a checkpoint); `marker="COMPLETE"` is written last."""
+    """Upload a directory tree (for example a checkpoint); the marker (default COMPLETE) is written last.
+
+    Pass `marker=None` for a plain upload without a completion marker.
+    """
     if not Path(local_dir).is_dir():
         raise NotFoundError(f"{local_dir}: no such directory")
     return upload(local_dir, uri, marker=marker, **kwargs)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import pickle
 import re
@@ -33,12 +32,15 @@ from typing import Any
 
 import torch
 
-from gbcosface.storage.errors import NotFoundError
-from gbcosface.storage.objects import delete_prefix, get_bytes, list_uri
-from gbcosface.storage.transfer import upload_dir
-from gbcosface.storage.uri import join_uri, parse_uri
-
-log = logging.getLogger(__name__)
+from gbcosface.storage import (
+    NotFoundError,
+    delete_prefix,
+    get_bytes,
+    join_uri,
+    list_uri,
+    parse_uri,
+    upload_dir,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 MARKER = "COMPLETE"

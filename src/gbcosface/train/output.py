@@ -16,8 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from gbcosface.storage.objects import put_bytes
-from gbcosface.storage.uri import join_uri, parse_uri
+from gbcosface.storage import join_uri, parse_uri, put_bytes
 
 
 class RunOutput:

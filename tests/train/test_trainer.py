@@ -1,0 +1,145 @@
+"""The trainer in one process (world 1, no process group): exports, resume exactness, refusal of a
+checkpoint that holds code, non-finite losses, and checkpoints on a real S3 API server (moto)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from gbcosface.config import from_dict
+from gbcosface.train import checkpoint
+from gbcosface.train.checkpoint import CheckpointError
+from gbcosface.train.trainer import NonFiniteLossError, train
+
+from .conftest import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A bare process (no torchrun variables), and torch's global determinism switch restored after."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)
+
+
+def _cfg(trainset: Path, output: str, **sections: dict):
+    return from_dict(tiny_config(trainset, output, **sections))
+
+
+def _tensors_equal(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        if isinstance(a[k], dict):
+            _tensors_equal(a[k], b[k])
+        elif isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_single_process_run_writes_outputs_and_resumes_exactly(tmp_path: Path, tiny_trainset: Path) -> None:
+    straight = train(_cfg(tiny_trainset, str(tmp_path / "a"), schedule={"max_steps": 50}))
+    assert straight["steps"] == 50 and straight["world_size"] == 1 and straight["resumed_from"] is None
+    out = tmp_path / "a"
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["config_hash"] == straight["config_hash"] and summary["num_classes"] == 20
+    assert json.loads((out / "model" / "backbone.json").read_text())["width"] == 8
+    assert [r.step for r in checkpoint.list_complete(str(out))] == [40, 50]  # keep_last 2
+
+    # the same run in two legs: 23 steps (final checkpoint at 23, inside epoch 0), then resumed to 50
+    first = train(_cfg(tiny_trainset, str(tmp_path / "b"), schedule={"max_steps": 23}))
+    assert first["steps"] == 23
+    second = train(_cfg(tiny_trainset, str(tmp_path / "b"), schedule={"max_steps": 50}))
+    assert second["resumed_from"].endswith("step-0000023") and second["steps_this_run"] == 27
+    a = checkpoint.read_file(checkpoint.latest_complete(str(out)), checkpoint.STATE_FILE)
+    b = checkpoint.read_file(checkpoint.latest_complete(str(tmp_path / "b")), checkpoint.STATE_FILE)
+    for key in ("backbone", "head", "loss", "optimizer"):
+        _tensors_equal(a[key], b[key])
+    assert a["progress"] == b["progress"]
+
+
+def test_resume_refuses_a_checkpoint_holding_code(tmp_path: Path, tiny_trainset: Path) -> None:
+    marker = tmp_path / "code-ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = checkpoint.to_bytes({"format": 1, "backbone": RunsCode()})
+    checkpoint.save(str(tmp_path / "run"), 10, {checkpoint.STATE_FILE: evil, checkpoint.RNG_FILE: evil}, {})
+    with pytest.raises(CheckpointError, match=r"step-0000010.*refused"):
+        train(_cfg(tiny_trainset, str(tmp_path / "run"), schedule={"max_steps": 12}))
+    assert not marker.exists()
+
+
+def test_non_finite_loss_stops_naming_step_and_term(tmp_path: Path, tiny_trainset: Path) -> None:
+    out = str(tmp_path / "run")
+    train(_cfg(tiny_trainset, out, schedule={"max_steps": 10}))  # a good checkpoint at step 10
+    cfg = _cfg(tiny_trainset, out, schedule={"max_steps": 30}, optim={"lr": 1e30})
+    with pytest.raises(NonFiniteLossError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "at step 12 " in msg and "loss" in msg and "step-0000010" in msg, msg
+    assert checkpoint.latest_complete(out).step == 10  # nothing after the last good checkpoint
+
+
+def test_max_bad_steps_skips_then_stops(tmp_path: Path, tiny_trainset: Path) -> None:
+    cfg = _cfg(tiny_trainset, str(tmp_path / "run"), schedule={"max_steps": 30},
+               run={"max_bad_steps": 2}, loss={"params": {"s": 1e39}})  # s overflows float32: inf logits
+    with pytest.raises(NonFiniteLossError, match=r"at step 3 .*3 non-finite step"):
+        train(cfg)
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator:
+    from gbcosface.storage.local_server import LocalS3Server
+
+    server = LocalS3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_checkpoints_and_outputs_on_s3(tmp_path: Path, tiny_trainset: Path, s3_server,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from gbcosface.storage import get_bytes, list_uri
+    from gbcosface.storage.client import clear_client_cache
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    clear_client_cache()
+    s3_server.create_bucket("runs")
+    uri = "s3://runs/exp/run-1"
+    train(_cfg(tiny_trainset, uri, schedule={"max_steps": 23}))
+    keys = list_uri(uri)
+    assert {"config.yaml", "train_summary.json", "model/backbone.pt", "model/backbone.json"} <= set(keys)
+    ckpts = sorted({k.split("/")[1] for k in keys if k.startswith("checkpoints/")})
+    assert ckpts == ["step-0000020", "step-0000023"]  # step 10 pruned (keep_last 2)
+    for name in ("COMPLETE", "state.pt", "rng.pt", "meta.json"):
+        assert f"checkpoints/step-0000023/{name}" in keys
+
+    # a torn upload of a later step (no marker) must be ignored
+    from gbcosface.storage import put_bytes
+
+    put_bytes(f"{uri}/checkpoints/step-0000030/state.pt", b"torn")
+    resumed = train(_cfg(tiny_trainset, uri, schedule={"max_steps": 50}))
+    assert resumed["resumed_from"] == f"{uri}/checkpoints/step-0000023"
+    local = train(_cfg(tiny_trainset, str(tmp_path / "local"), schedule={"max_steps": 50}))
+    assert local["steps"] == resumed["steps"] == 50
+    a = checkpoint.read_file(checkpoint.latest_complete(uri), checkpoint.STATE_FILE)
+    b = checkpoint.read_file(checkpoint.latest_complete(str(tmp_path / "local")), checkpoint.STATE_FILE)
+    for key in ("backbone", "head", "loss", "optimizer"):
+        _tensors_equal(a[key], b[key])
+    summary = json.loads(get_bytes(f"{uri}/train_summary.json"))
+    assert summary["resumed_from"].startswith("s3://runs/")
