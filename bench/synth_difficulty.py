@@ -238,7 +238,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         out["loss"].backward()
         opt.step()
         train_s += time.perf_counter() - t
-        running.append(float(out["loss"]))
+        running.append(out["loss"].item())
         if step % args.eval_every == 0 or step == args.iters:
             report(step, train_s, round(float(np.mean(running[-50:])), 4))
     print(f"training: {args.iters} iterations of {args.batch} in {train_s:.0f} s "

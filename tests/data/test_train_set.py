@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gbcosface.data.errors import DataFormatError
-from gbcosface.data.recordio import write_property
+from gbcosface.data.recordio import IndexedRecordWriter, IRHeader, pack, write_property
 from gbcosface.data.train_set import (
     RecordFaceDataset,
     ResumableDistributedSampler,
@@ -84,6 +84,18 @@ def test_wrong_image_size_and_label(tmp_path, make_train_dir):
     write_property(d, 3, 112, 112)
     with pytest.raises(DataFormatError, match=r"key 1\): image is 96x96 but .*property says 112x112"):
         RecordFaceDataset(d)[0]
+
+
+@pytest.mark.parametrize("label", [5.0, 1.5, float("nan")])
+def test_bad_label_names_file_and_key(tmp_path, make_jpeg, label):
+    with IndexedRecordWriter(tmp_path / "train.idx", tmp_path / "train.rec") as w:  # no header record
+        w.write(0, pack(IRHeader(0, 0.0, 0, 0), make_jpeg(0)))
+        w.write(1, pack(IRHeader(0, label, 1, 0), make_jpeg(1)))
+    write_property(tmp_path, 3, 112, 112)
+    ds = RecordFaceDataset(tmp_path)
+    assert len(ds) == 2 and not ds.has_header and ds[0][1] == 0
+    with pytest.raises(DataFormatError, match=r"train\.rec \(key 1\): label .* is not a class id in \[0, 3\)"):
+        ds[1]
 
 
 def test_property_disagreeing_with_header(tmp_path, make_train_dir):

@@ -52,6 +52,7 @@ def decode_cv2(data: bytes) -> torch.Tensor:
 
 
 _DECODE = {"torchvision": decode_torchvision, "cv2": decode_cv2}
+_COUNTER_SLOTS = 257
 
 
 class RecordFaceDataset(Dataset):
@@ -82,7 +83,9 @@ class RecordFaceDataset(Dataset):
         self.image_keys = layout.image_keys
         if self.image_keys.size == 0:
             raise DataFormatError(f"{self.reader.idx_path}: no image records")
-        self._bad = multiprocessing.Value("q", 0)
+        # One counter per process slot (workers by id, the main process in the last one): each process
+        # writes only its own slot, so no lock is needed (a lock would tie the set to one start method).
+        self._bad = multiprocessing.RawArray("q", _COUNTER_SLOTS)
 
     def __len__(self) -> int:
         return int(self.image_keys.size)
@@ -90,7 +93,7 @@ class RecordFaceDataset(Dataset):
     @property
     def bad_samples(self) -> int:
         """How many samples were replaced so far, summed over all processes (workers included)."""
-        return int(self._bad.value)
+        return int(sum(self._bad))
 
     def _record(self, index: int) -> tuple[str, int, bytes]:
         """(where, label, encoded image) of sample `index`, with the label checked."""
@@ -98,7 +101,7 @@ class RecordFaceDataset(Dataset):
         where = f"{self.reader.rec_path} (key {key})"
         header, data = unpack(self.reader.read(key), where)
         label = header_label(header)
-        if label != int(label) or not 0 <= label < self.num_classes:
+        if not math.isfinite(label) or label != int(label) or not 0 <= label < self.num_classes:
             raise DataFormatError(f"{where}: label {label} is not a class id in [0, {self.num_classes})")
         return where, int(label), data
 
@@ -146,8 +149,8 @@ class RecordFaceDataset(Dataset):
             try:
                 return fn((index + step) % n, *args)
             except DataFormatError as exc:
-                with self._bad.get_lock():
-                    self._bad.value += 1
+                info = get_worker_info()
+                self._bad[info.id % (_COUNTER_SLOTS - 1) if info is not None else _COUNTER_SLOTS - 1] += 1
                 log.warning("skipping bad sample %d (pid %d): %s", (index + step) % n, os.getpid(), exc)
         raise DataFormatError(f"{self.reader.rec_path}: no readable sample at all")
 

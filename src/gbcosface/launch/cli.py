@@ -119,7 +119,11 @@ def _rendered(args: argparse.Namespace) -> Any:
 
 
 def _render(args: argparse.Namespace) -> int:
-    text = _rendered(args).to_yaml()
+    try:
+        text = _rendered(args).to_yaml()
+    except ValueError as exc:  # ConfigError, a bad JobSpec, JobValidationError: say what, no traceback
+        print(f"gbcosface job render: {exc}", file=sys.stderr)
+        return 2
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
@@ -148,7 +152,11 @@ def _report(fn: Any) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    rendered = _rendered(args)
+    try:
+        rendered = _rendered(args)
+    except ValueError as exc:
+        print(f"gbcosface job submit: {exc}", file=sys.stderr)
+        return 2
     client = _client(args)
     if args.wait:
         return _report(lambda: client.run(rendered, args.timeout, poll_interval=args.poll, stream_logs=args.follow))
