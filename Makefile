@@ -48,5 +48,31 @@ compile: venv
 demo: venv
 	$(PY) -m gbcosface demo --out demo-out
 
+# Container images (docs/kubernetes.md): the wheel into dist/, then the trainer image (CUDA + torch,
+# what PyTorchJob pods run) and the pipeline image (KFP steps). ENGINE=docker|podman; PUSH=1 pushes;
+# TRAINER_BASE / PIPELINE_BASE / TORCH_INDEX_URL override the Dockerfiles' pinned defaults.
+REGISTRY ?= ghcr.io/gbcosface
+TAG ?= 0.1.0
+ENGINE ?= docker
+PUSH ?= 0
+TRAINER_BASE ?=
+PIPELINE_BASE ?=
+TORCH_INDEX_URL ?=
+REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+
+build-images: venv
+	rm -f dist/gbcosface-*.whl
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation --wheel-dir dist .
+	$(ENGINE) build -f images/trainer/Dockerfile -t $(REGISTRY)/gbcosface-trainer:$(TAG) \
+	  --build-arg VERSION=$(TAG) --build-arg REVISION=$(REVISION) \
+	  $(if $(TRAINER_BASE),--build-arg BASE_IMAGE=$(TRAINER_BASE)) .
+	$(ENGINE) build -f images/pipeline/Dockerfile -t $(REGISTRY)/gbcosface-pipeline:$(TAG) \
+	  --build-arg VERSION=$(TAG) --build-arg REVISION=$(REVISION) \
+	  $(if $(PIPELINE_BASE),--build-arg BASE_IMAGE=$(PIPELINE_BASE)) \
+	  $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) .
+	if [ "$(PUSH)" = 1 ]; then \
+	  $(ENGINE) push $(REGISTRY)/gbcosface-trainer:$(TAG) && $(ENGINE) push $(REGISTRY)/gbcosface-pipeline:$(TAG); \
+	fi
+
 clean:
 	rm -rf $(VENV) $(MXVENV) build dist .pytest_cache

@@ -46,6 +46,7 @@ def test_render_reports_bad_input_without_a_traceback(capsys):
     assert "unknown key" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # starts real processes
 def test_local_runs_a_command_per_replica(tmp_path, capsys):
     script = tmp_path / "s.py"
     script.write_text(textwrap.dedent("""

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import gbcosface
 from gbcosface.launch import contract
 from gbcosface.launch.local import default_command, replica_env, run_local_job
+
+pytestmark = pytest.mark.integration  # starts real processes
 
 DUMP_ENV = """
 import json, os, sys
@@ -79,7 +82,7 @@ def test_a_failed_replica_restarts_the_whole_set_and_the_job_succeeds(tmp_path):
     script = _script(tmp_path, "fail_once.py", FAIL_ONCE)
     marker = tmp_path / "marker"
     result = run_local_job(replicas=2, command=["python", script, str(marker)], log_dir=tmp_path / "logs",
-                           max_restarts=2, echo=None, job_name="gbc-restart")
+                           max_restarts=2, echo=False, job_name="gbc-restart")
     assert result.succeeded
     assert len(result.attempts) == 2
     assert result.attempts[0].exit_codes[1] == 1 and "worker-0 exited with 1" in result.attempts[0].reason
@@ -95,7 +98,7 @@ def test_a_job_that_always_fails_stops_after_max_restarts(tmp_path):
             sys.exit(3)
         time.sleep(60)  # the worker would hang in rendezvous: the emulator must kill it
     """)
-    result = run_local_job(replicas=2, command=["python", script], log_dir=tmp_path, max_restarts=2, echo=None,
+    result = run_local_job(replicas=2, command=["python", script], log_dir=tmp_path, max_restarts=2, echo=False,
                            grace_s=5)
     assert not result.succeeded
     assert len(result.attempts) == 3
@@ -108,7 +111,7 @@ def test_a_job_that_always_fails_stops_after_max_restarts(tmp_path):
 def test_deadline_kills_the_replicas_and_is_not_retried(tmp_path):
     script = _script(tmp_path, "sleep.py", "import time; time.sleep(60)\n")
     result = run_local_job(replicas=2, command=["python", script], log_dir=tmp_path, max_restarts=3, timeout_s=1.0,
-                           echo=None, grace_s=5)
+                           echo=False, grace_s=5)
     assert not result.succeeded and len(result.attempts) == 1
     assert result.reason == "DeadlineExceeded" and all(code < 0 for code in result.exit_codes)
 
@@ -125,7 +128,6 @@ def test_default_command_is_the_rendered_container_command(tmp_path):
         run_local_job(replicas=1, config=tmp_path / "missing.yaml")
 
 
-@pytest.mark.integration
 def test_torchrun_turns_the_operator_env_into_per_process_ranks(tmp_path):
     """Two emulated pods x two processes through the real torchrun (static rendezvous on loopback):
     the PET_* variables alone must give each process its global rank."""
@@ -138,7 +140,7 @@ def test_torchrun_turns_the_operator_env_into_per_process_ranks(tmp_path):
     out = tmp_path / "ranks"
     out.mkdir()
     result = run_local_job(replicas=2, nproc_per_node=2, command=["torchrun", script, str(out)],
-                           log_dir=tmp_path / "logs", echo=None, timeout_s=240)
+                           log_dir=tmp_path / "logs", echo=False, timeout_s=240)
     assert result.succeeded, [p.read_text() for p in (tmp_path / "logs").iterdir()]
     seen = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in out.iterdir()}
     assert sorted(seen) == [0, 1, 2, 3]
@@ -146,3 +148,45 @@ def test_torchrun_turns_the_operator_env_into_per_process_ranks(tmp_path):
         assert env["WORLD_SIZE"] == "4" and env["LOCAL_WORLD_SIZE"] == "2"
         assert env["LOCAL_RANK"] == str(rank % 2) and env["GROUP_RANK"] == str(rank // 2)
         assert env["MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_plan_from_a_rendered_job_runs_what_would_be_submitted(tmp_path):
+    from gbcosface.config import load_config
+    from gbcosface.launch.local import plan_from_job, run_plan
+    from gbcosface.launch.pytorchjob import JobSpec, render_job
+
+    cfg = load_config("demo", ["run.seed=11"])
+    spec = JobSpec(name="gbc-plan", image="img:1", nnodes=3, nproc_per_node=2, backoff_limit=1,
+                   active_deadline_seconds=600, s3_secret_name="s3", nccl_socket_ifname="lo")
+    rendered = render_job(spec, cfg)
+    plan = plan_from_job(rendered.job, rendered.configmap, tmp_path / "work")
+    local_config = (tmp_path / "work" / "config.yaml").resolve()
+    assert plan.command == ["torchrun", "-m", "gbcosface", "train", "--config", str(local_config)]
+    assert load_config(local_config).run.seed == 11
+    assert (plan.replicas, plan.nproc_per_node, plan.max_restarts, plan.timeout_s) == (3, 2, 1, 600.0)
+    assert plan.env == {"GBCOSFACE_JOB_NAME": "gbc-plan", "NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "lo",
+                        "GLOO_SOCKET_IFNAME": "lo"}  # Secret references stay with the caller's env
+
+    # Run the plan with a stand-in command: the pods' env is the pod template's plus the operator's.
+    script = _script(tmp_path, "dump_env.py", DUMP_ENV)
+    out = tmp_path / "env"
+    out.mkdir()
+    plan.command = ["python", script, str(out)]
+    result = run_plan(plan, log_dir=tmp_path / "logs", echo=False)
+    assert result.succeeded and result.replica_names == ["gbc-plan-master-0", "gbc-plan-worker-0", "gbc-plan-worker-1"]
+    env = json.loads((out / "env-2.json").read_text())
+    assert env["GLOO_SOCKET_IFNAME"] == "lo" and env["WORLD_SIZE"] == "6" and env["RANK"] == "2"
+
+    elastic = render_job(JobSpec(name="gbc-el", image="i", nnodes=2, elastic_min_nodes=1, elastic_max_nodes=2), cfg)
+    with pytest.raises(ValueError, match="non-elastic"):
+        plan_from_job(elastic.job, elastic.configmap, tmp_path / "w2")
+
+
+def test_torchrun_dash_m_runs_the_installed_package(tmp_path):
+    """The container's `torchrun -m gbcosface ...` form, through the emulator: torchrun's -m runs
+    the package's __main__ in each worker like `python -m` (here with --version, not training)."""
+    result = run_local_job(replicas=2, nproc_per_node=1, command=["torchrun", "-m", "gbcosface", "--version"],
+                           log_dir=tmp_path, echo=False, timeout_s=240)
+    assert result.succeeded, [p.read_text() for p in tmp_path.iterdir()]
+    for i in range(2):
+        assert f"gbcosface {gbcosface.__version__}" in result.log_file(i).read_text()

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import pytest
+from launch_helpers import CRD_FILE
 
 from gbcosface.config import load_config
 from gbcosface.launch.pytorchjob import JobSpec, render_job
@@ -33,6 +35,11 @@ def _broken(job, edit):
 
 def _replicas(job):
     return job["spec"]["pytorchReplicaSpecs"]
+
+
+def test_vendored_crd_is_the_recorded_upstream_file():
+    digest = hashlib.sha256(CRD_FILE.read_bytes()).hexdigest()
+    assert digest in (CRD_FILE.parent / "README.md").read_text()
 
 
 def test_good_job_is_accepted(good_job, crd_schema):

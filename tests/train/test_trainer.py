@@ -143,3 +143,45 @@ def test_checkpoints_and_outputs_on_s3(tmp_path: Path, tiny_trainset: Path, s3_s
         _tensors_equal(a[key], b[key])
     summary = json.loads(get_bytes(f"{uri}/train_summary.json"))
     assert summary["resumed_from"].startswith("s3://runs/")
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_with_clipping_and_channels_last(tmp_path: Path, tiny_trainset: Path, amp: str) -> None:
+    out = tmp_path / amp
+    summary = train(_cfg(tiny_trainset, str(out), schedule={"max_steps": 6},
+                         optim={"clip_grad_norm": 5.0},
+                         run={"amp": amp, "channels_last": True, "deterministic": False}))
+    assert summary["steps"] == 6 and summary["amp"] == amp
+    assert all(v == v and abs(v) != float("inf") for v in summary["final_loss_terms"].values())
+    state = checkpoint.read_file(checkpoint.latest_complete(str(out)), checkpoint.STATE_FILE)
+    if amp == "fp16":
+        assert state["scaler"]["scale"] > 0  # the grad scaler's state travels with the checkpoint
+    else:
+        assert state["scaler"] == {}
+
+
+def test_metrics_exporter_sees_steps(tmp_path: Path, tiny_trainset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gbcosface.train.trainer import Trainer
+
+    from .conftest import free_port
+
+    seen = []
+    original = Trainer._metrics
+
+    def keep(self):
+        metrics = original(self)
+        seen.append(metrics)
+        return metrics
+
+    monkeypatch.setattr(Trainer, "_metrics", keep)
+    train(_cfg(tiny_trainset, str(tmp_path / "run"), schedule={"max_steps": 4}, run={"metrics_port": free_port()}))
+    samples = [s for fam in text_string_to_metric_families(generate_latest(seen[0].registry).decode())
+               for s in fam.samples]
+    step = [s.value for s in samples if s.name == "gbcosface_train_step"]
+    assert step == [4.0]
+    phases = {s.labels["phase"]: s.value for s in samples if s.name == "gbcosface_train_phase"}
+    assert phases["done"] == 1.0 and phases["training"] == 0.0
+    assert [s.labels["local_rank"] for s in samples if s.name == "gbcosface_train_step"] == ["0"]

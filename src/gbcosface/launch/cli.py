@@ -249,7 +249,7 @@ def register(subparsers: Any) -> None:
     lo = verbs.add_parser("local", help="emulate the PyTorchJob on this machine: one process per replica")
     lo.add_argument("--replicas", type=int, default=2, help="pods to emulate (1 Master + replicas-1 Workers)")
     lo.add_argument("--nproc-per-node", type=int, default=1)
-    lo.add_argument("--config", help="training config YAML")
+    lo.add_argument("--config", help="training config YAML (or a recipe name: demo, paper)")
     lo.add_argument("--command", dest="command_line",
                     help="run this command in each replica instead of the trainer (a leading torchrun/python "
                          "maps to this interpreter)")

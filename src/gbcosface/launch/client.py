@@ -190,7 +190,7 @@ class JobClient:
             specs = job.spec.pytorch_replica_specs or {}
             if contract.MASTER not in specs and contract.WORKER in specs:
                 return f"{name}-worker-0"
-        except RuntimeError:
+        except (RuntimeError, TimeoutError):
             pass
         return f"{name}-master-0"
 
@@ -228,9 +228,8 @@ class JobClient:
         while not stop.is_set():
             try:
                 phase = self.core.read_namespaced_pod(pod, ns, _request_timeout=self.request_timeout).status.phase
-            except ApiException as exc:
-                if exc.status != 404:
-                    log.debug("reading pod %s: %s", pod, exc)
+            except Exception as exc:  # noqa: BLE001 - not there yet (404) or an API hiccup: ask again
+                log.debug("reading pod %s: %s", pod, exc)
                 phase = None
             if phase not in ("Running", "Succeeded", "Failed"):
                 if self._finished_quietly(name, ns):
@@ -263,7 +262,7 @@ class JobClient:
     def _finished_quietly(self, name: str, ns: str) -> bool:
         try:
             return self.status(name, ns).finished
-        except RuntimeError:
+        except (RuntimeError, TimeoutError):
             return False
 
     # -- wait -------------------------------------------------------------------------------
@@ -337,6 +336,13 @@ class JobClient:
                 raise
         return existed
 
+    def _delete_quietly(self, name: str, ns: str) -> None:
+        """Cleanup on the way out must not hide why we are leaving (a timeout, a cancel)."""
+        try:
+            self.delete(name, ns)
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not delete PyTorchJob %s/%s: %s (delete it by hand)", ns, name, exc)
+
     # -- all together -----------------------------------------------------------------------
     def run(
         self,
@@ -365,11 +371,11 @@ class JobClient:
                 return self.wait(name, timeout_s, ns, poll_interval=poll_interval)
             except JobTimeoutError:
                 if delete_on_timeout:
-                    self.delete(name, ns)
+                    self._delete_quietly(name, ns)
                 raise
             except (KeyboardInterrupt, Terminated) as exc:
                 log.warning("cancelled: deleting PyTorchJob %s/%s", ns, name)
-                self.delete(name, ns)
+                self._delete_quietly(name, ns)
                 raise JobCancelledError(f"PyTorchJob {ns}/{name} cancelled and deleted") from exc
             finally:
                 stop.set()

@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from . import contract
 from ._signals import Terminated, sigterm_raises
@@ -119,7 +119,7 @@ class _Replica:
                  log_path: Path, attempt: int, echo: IO[str] | None):
         self.name, self.short = name, short
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finish()
+        self._log = open(log_path, "a", encoding="utf-8")  # closed in finish()
         self._log.write(f"===== attempt {attempt}: {' '.join(argv)}\n")
         self._log.flush()
         self._echo = echo
@@ -142,16 +142,31 @@ class _Replica:
                 self._echo.write(f"[{self.short}] {line if line.endswith(chr(10)) else line + chr(10)}")
                 self._echo.flush()
 
+    def exit_code(self) -> int | None:
+        """The leader's exit status (negative: killed by that signal), or None while it runs.
+
+        Read with WNOWAIT, i.e. without reaping: until `finish()` the exited leader stays a zombie,
+        so its pid, which is the process-group id we signal, cannot be reused by another process.
+        """
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None or info.si_pid == 0:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
     def signal_group(self, sig: int) -> None:
+        if self.proc.returncode is not None:
+            return  # reaped: the group id may belong to someone else now
         try:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
 
     def finish(self) -> int:
-        code = self.proc.wait()
-        # Members of the group that outlived the leader (a stray worker) go too.
+        # Members of the group that outlived the leader (a stray worker) go too, then reap.
         self.signal_group(signal.SIGKILL)
+        code = self.proc.wait()
         self._pump.join(timeout=10)
         self._log.write(f"===== exit code {code}\n")
         self._log.close()
@@ -161,14 +176,13 @@ class _Replica:
 def _stop_all(reps: list[_Replica], grace_s: float) -> None:
     """SIGTERM every replica group, then SIGKILL whatever is left after `grace_s` (a pod delete)."""
     for rep in reps:
-        if rep.proc.poll() is None:
+        if rep.exit_code() is None:
             rep.signal_group(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
+    while any(rep.exit_code() is None for rep in reps) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for rep in reps:
-        remaining = deadline - time.monotonic()
-        try:
-            rep.proc.wait(timeout=max(0.0, remaining))
-        except subprocess.TimeoutExpired:
+        if rep.exit_code() is None:
             rep.signal_group(signal.SIGKILL)
 
 
@@ -185,14 +199,15 @@ def run_local_job(
     base_env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
     timeout_s: float | None = None,
-    echo: IO[str] | None = sys.stdout,
+    echo: IO[str] | bool = True,
     poll_interval: float = 0.1,
     grace_s: float = 10.0,
 ) -> LocalJobResult:
     """Run `replicas` pods' worth of processes; return when all exit 0 (success), or when an
     attempt fails and `max_restarts` are used up, or when `timeout_s` (the job's
     activeDeadlineSeconds) passes. `command` replaces the trainer command (a leading `torchrun` or
-    `python` maps to this interpreter); without it `config` is required.
+    `python` maps to this interpreter); without it `config` is required. `echo`: True copies the
+    replicas' output to `sys.stdout` (as it is at call time), a stream copies it there, False not.
     """
     if replicas < 1 or nproc_per_node < 1:
         raise ValueError(f"replicas and nproc_per_node must be >= 1, got {replicas} and {nproc_per_node}")
@@ -202,9 +217,14 @@ def run_local_job(
         if config is None:
             raise ValueError("either a config file or a command is required")
         if not Path(config).is_file():
-            raise FileNotFoundError(f"config file {config} does not exist")
+            from gbcosface.config import recipe_names, recipe_path
+
+            if str(config) not in recipe_names():
+                raise FileNotFoundError(f"config file {config} does not exist (nor is it a recipe: {recipe_names()})")
+            config = recipe_path(str(config))  # a shipped recipe name, as `load_config` accepts
         command = default_command(config, overrides)
     argv = contract.local_argv(command)
+    stream: IO[str] | None = sys.stdout if echo is True else (echo or None)
     out_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"{job_name}-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     names = contract.replica_names(job_name, replicas)
@@ -222,7 +242,7 @@ def run_local_job(
                     env = replica_env(job_name, replicas, nproc_per_node, rank, port, base_env, extra_env)
                     short = name[len(job_name) + 1:]
                     reps.append(_Replica(name, short, argv, env, None if cwd is None else str(cwd),
-                                         out_dir / f"{name}.log", attempt, echo))
+                                         out_dir / f"{name}.log", attempt, stream))
                 reason = _watch(reps, deadline, poll_interval)
                 if reason != "Succeeded":
                     _stop_all(reps, grace_s)
@@ -245,7 +265,7 @@ def run_local_job(
 def _watch(reps: list[_Replica], deadline: float | None, poll_interval: float) -> str:
     """Wait until every replica exits 0, one fails, or the deadline passes; return the reason."""
     while True:
-        codes = [rep.proc.poll() for rep in reps]
+        codes = [rep.exit_code() for rep in reps]
         for rep, code in zip(reps, codes, strict=True):
             if code not in (None, 0):
                 return f"{rep.short} exited with {code}"
@@ -254,3 +274,49 @@ def _watch(reps: list[_Replica], deadline: float | None, poll_interval: float) -
         if deadline is not None and time.monotonic() >= deadline:
             return "DeadlineExceeded"
         time.sleep(poll_interval)
+
+
+@dataclass
+class LocalPlan:
+    """What the emulator needs, read off a rendered PyTorchJob (see `plan_from_job`)."""
+
+    job_name: str
+    replicas: int
+    nproc_per_node: int
+    command: list[str]
+    env: dict[str, str]
+    max_restarts: int
+    timeout_s: float | None
+
+
+def plan_from_job(job: Mapping, configmap: Mapping, work_dir: str | Path) -> LocalPlan:
+    """Emulate exactly a rendered job: its container command (with the ConfigMap's config written
+    to `work_dir/config.yaml` in place of the mounted file), its pod count and nprocPerNode, its
+    plain env values (Secret references are left to the caller's environment), its backoffLimit
+    and activeDeadlineSeconds. Why: the pipeline's local launcher then runs what it would submit."""
+    replicas_spec = job["spec"]["pytorchReplicaSpecs"]
+    if "elasticPolicy" in job["spec"] or contract.MASTER not in replicas_spec:
+        raise ValueError("the emulator runs non-elastic jobs with a Master only")
+    replicas = sum(int(r.get("replicas", 1)) for r in replicas_spec.values())
+    (container,) = [c for c in replicas_spec[contract.MASTER]["template"]["spec"]["containers"]
+                    if c["name"] == contract.CONTAINER_NAME]
+    config_file = Path(work_dir) / contract.CONFIG_KEY
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(configmap["data"][contract.CONFIG_KEY])
+    command = [str(config_file.resolve()) if arg == contract.CONFIG_PATH else arg for arg in container["command"]]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    run_policy = job["spec"].get("runPolicy", {})
+    deadline = run_policy.get("activeDeadlineSeconds")
+    return LocalPlan(
+        job_name=job["metadata"]["name"], replicas=replicas, nproc_per_node=int(job["spec"].get("nprocPerNode", "1")),
+        command=command, env=env, max_restarts=int(run_policy.get("backoffLimit", 0)),
+        timeout_s=float(deadline) if deadline else None,
+    )
+
+
+def run_plan(plan: LocalPlan, **kwargs: Any) -> LocalJobResult:
+    """`run_local_job` with everything a LocalPlan fixes; `kwargs` for log_dir, echo, cwd, ..."""
+    return run_local_job(
+        replicas=plan.replicas, nproc_per_node=plan.nproc_per_node, command=plan.command, job_name=plan.job_name,
+        extra_env=plan.env, max_restarts=plan.max_restarts, timeout_s=plan.timeout_s, **kwargs,
+    )
