@@ -38,6 +38,8 @@ from ._signals import Terminated, sigterm_raises
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+#: Read by the metrics exporter (gbcosface.monitoring) in place of run.metrics_port.
+METRICS_BASE_PORT_ENV = "GBCOSFACE_METRICS_BASE_PORT"
 _SCRUB_PREFIXES = ("PET_", "TORCHELASTIC_")
 _SCRUB_NAMES = {
     "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_NAME",
@@ -202,6 +204,7 @@ def run_local_job(
     echo: IO[str] | bool = True,
     poll_interval: float = 0.1,
     grace_s: float = 10.0,
+    metrics_base_port: int | None = None,
 ) -> LocalJobResult:
     """Run `replicas` pods' worth of processes; return when all exit 0 (success), or when an
     attempt fails and `max_restarts` are used up, or when `timeout_s` (the job's
@@ -240,6 +243,8 @@ def run_local_job(
             try:
                 for rank, name in enumerate(names):
                     env = replica_env(job_name, replicas, nproc_per_node, rank, port, base_env, extra_env)
+                    if metrics_base_port:
+                        env[METRICS_BASE_PORT_ENV] = str(metrics_base_port + rank * nproc_per_node)
                     short = name[len(job_name) + 1:]
                     reps.append(_Replica(name, short, argv, env, None if cwd is None else str(cwd),
                                          out_dir / f"{name}.log", attempt, stream))

@@ -81,6 +81,7 @@ class JobSpec:
     service_account: str | None = None
     data_volume_claim: str | None = None  # a PVC with the training data, mounted read-only
     data_mount_path: str = "/data"
+    data_scratch_size: str | None = None  # without a PVC: a disk emptyDir at data_mount_path for staging
     metrics_port: int | None = None  # None: the config's run.metrics_port; 0: no metrics ports
     master_port: int = contract.DEFAULT_MASTER_PORT
     clean_pod_policy: str = "Running"
@@ -241,6 +242,11 @@ def _volumes(spec: JobSpec) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]
         pvc = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=spec.data_volume_claim, read_only=True)
         volumes.append(k8s.V1Volume(name="data", persistent_volume_claim=pvc))
         mounts.append(k8s.V1VolumeMount(name="data", mount_path=spec.data_mount_path, read_only=True))
+    elif spec.data_scratch_size:
+        # The trainer stages the pinned dataset here (data.stage_from) before it trains.
+        scratch = k8s.V1EmptyDirVolumeSource(size_limit=spec.data_scratch_size)
+        volumes.append(k8s.V1Volume(name="data", empty_dir=scratch))
+        mounts.append(k8s.V1VolumeMount(name="data", mount_path=spec.data_mount_path))
     return volumes, mounts
 
 

@@ -16,15 +16,13 @@ from typing import Any
 
 from gbcosface.config import TrainConfig, config_hash, load_config, to_yaml
 from gbcosface.lineage import Lineage, code_version
-from gbcosface.storage import get_bytes, join_uri, put_bytes, read_manifest
 from gbcosface.steps.stage import data_cache_dir
+from gbcosface.storage import get_bytes, join_uri, put_bytes, read_manifest
 
 log = logging.getLogger(__name__)
 
 #: Where training pods stage the dataset on a cluster (an emptyDir or a PVC mounted by the job).
 POD_DATA_DIR = "/data"
-#: Each emulated replica serves metrics on its own base port, so replicas on one machine do not clash.
-LOCAL_METRICS_BASE = 9400
 
 
 def resolve_config(*, recipe: str, overrides: list[str], data_root: str, data_source: str,
@@ -59,14 +57,14 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
     endpoint = endpoint_url or None
     put_bytes(join_uri(run_uri, "config.yaml"), to_yaml(cfg).encode(), endpoint_url=endpoint)
     name = job_name_for_run(run_id)
+    spec = job_spec(name=name, run_id=run_id, local=local, nnodes=nnodes, nproc_per_node=nproc_per_node,
+                    image=image, namespace=namespace, s3_secret=s3_secret, gpus_per_node=gpus_per_node,
+                    timeout_s=timeout_s)
     if local:
-        _run_local(cfg, name=name, nnodes=nnodes, nproc_per_node=nproc_per_node, work_dir=work_dir,
-                   timeout_s=timeout_s)
+        _run_local(cfg, spec, work_dir=work_dir)
         image_ref = f"local-emulation ({image})" if image else "local-emulation"
     else:
-        _run_cluster(cfg, name=name, run_id=run_id, nnodes=nnodes, nproc_per_node=nproc_per_node,
-                     image=image, namespace=namespace, s3_secret=s3_secret, gpus_per_node=gpus_per_node,
-                     timeout_s=timeout_s)
+        _run_cluster(cfg, spec, timeout_s=timeout_s)
         image_ref = image
 
     out = Path(model_dir)
@@ -86,47 +84,55 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
     return {"lineage": lineage.as_dict(), "job_name": name, "summary": summary}
 
 
-def _run_local(cfg: TrainConfig, *, name: str, nnodes: int, nproc_per_node: int, work_dir: str,
-               timeout_s: int) -> None:
-    """The PyTorchJob emulation: one process per replica with the operator's environment."""
-    from gbcosface.launch.local import run_local_job
+def job_spec(*, name: str, run_id: str, local: bool, nnodes: int, nproc_per_node: int, image: str,
+             namespace: str, s3_secret: str, gpus_per_node: int, timeout_s: int) -> Any:
+    """One JobSpec for both launchers: locally the rendered job itself is what the emulator runs."""
+    from gbcosface.launch.pytorchjob import JobSpec
 
-    job_dir = Path(work_dir).resolve() / "jobs" / name
+    return JobSpec(
+        name=name, image=image or "gbcosface-trainer:local", namespace=namespace, nnodes=nnodes,
+        nproc_per_node=nproc_per_node, gpus_per_node=0 if local else gpus_per_node,
+        s3_secret_name=s3_secret or None, run_id=run_id, active_deadline_seconds=timeout_s or None,
+        data_mount_path=POD_DATA_DIR, data_scratch_size=None if local else "2Ti",
+        shm_size=None if local else "64Gi", backoff_limit=2,
+    )
+
+
+def _run_local(cfg: TrainConfig, spec: Any, *, work_dir: str) -> None:
+    """The PyTorchJob emulation: the rendered job's command, env, pod count, backoff and deadline,
+    one process per replica with the operator's environment (gbcosface.launch.local)."""
+    from gbcosface.launch.local import plan_from_job, run_plan
+    from gbcosface.launch.pytorchjob import render_job
+
+    job_dir = Path(work_dir).resolve() / "jobs" / spec.name
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job_dir.mkdir(parents=True)
-    config_path = job_dir / "config.yaml"
-    config_path.write_text(to_yaml(cfg))
-    bases = [str(LOCAL_METRICS_BASE + i * nproc_per_node) for i in range(nnodes)]
-    result = run_local_job(
-        replicas=nnodes, nproc_per_node=nproc_per_node, config=config_path, log_dir=job_dir / "logs",
-        max_restarts=2, job_name=name, timeout_s=timeout_s or None,
-        extra_env={"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // (nnodes * nproc_per_node))),
-                   "GBCOSFACE_METRICS_BASE_PORTS": ",".join(bases)},
-    )
+    rendered = render_job(spec, cfg)
+    (job_dir / "job.yaml").write_text(rendered.to_yaml())
+    plan = plan_from_job(rendered.job, rendered.configmap, job_dir)
+    threads = max(1, (os.cpu_count() or 1) // (spec.nnodes * spec.nproc_per_node))
+    plan.env.setdefault("OMP_NUM_THREADS", str(threads))
+    result = run_plan(plan, log_dir=job_dir / "logs", metrics_base_port=cfg.run.metrics_port or None)
     if not result.succeeded:
         tail = ""
         log_file = result.log_file(0)
         if log_file.is_file():
             tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-40:])
-        raise RuntimeError(f"local PyTorchJob {name} failed ({result.reason}, exit codes {result.exit_codes}, "
-                           f"{result.restarts} restart(s)); master log tail:\n{tail}")
-    log.info("local PyTorchJob %s succeeded after %d restart(s); logs in %s", name, result.restarts,
+        raise RuntimeError(f"local PyTorchJob {spec.name} failed ({result.reason}, exit codes "
+                           f"{result.exit_codes}, {result.restarts} restart(s)); master log tail:\n{tail}")
+    log.info("local PyTorchJob %s succeeded after %d restart(s); logs in %s", spec.name, result.restarts,
              result.log_dir)
 
 
-def _run_cluster(cfg: TrainConfig, *, name: str, run_id: str, nnodes: int, nproc_per_node: int, image: str,
-                 namespace: str, s3_secret: str, gpus_per_node: int, timeout_s: int) -> None:
+def _run_cluster(cfg: TrainConfig, spec: Any, *, timeout_s: int) -> None:
     from gbcosface.launch.client import JobClient, default_sink
-    from gbcosface.launch.pytorchjob import JobSpec, render_job
+    from gbcosface.launch.pytorchjob import render_job
 
-    spec = JobSpec(name=name, image=image, namespace=namespace, nnodes=nnodes, nproc_per_node=nproc_per_node,
-                   gpus_per_node=gpus_per_node, s3_secret_name=s3_secret or None, run_id=run_id,
-                   active_deadline_seconds=timeout_s or None, data_scratch=True)
     rendered = render_job(spec, cfg)
-    status = JobClient(namespace=namespace).run(rendered, timeout_s=timeout_s or 7 * 24 * 3600,
-                                                log_sink=default_sink(name))
-    log.info("PyTorchJob %s/%s: %s", namespace, name, status.describe())
+    status = JobClient(namespace=spec.namespace).run(rendered, timeout_s=timeout_s or 7 * 24 * 3600,
+                                                     log_sink=default_sink(spec.name))
+    log.info("PyTorchJob %s/%s: %s", spec.namespace, spec.name, status.describe())
 
 
 def cleanup_job(*, run_id: str, launcher: str, namespace: str) -> str:
