@@ -59,6 +59,12 @@ class DataConfig:
     image_size: int = 112
     random_flip: bool = True
     skip_bad_samples: bool = False
+    # Staging in the training pods: when stage_from is set, local rank 0 of every node stages the
+    # dataset (verified against stage_manifest, when given) into stage_to before training starts.
+    stage_from: str = ""  # dataset root URI (s3://... or a path)
+    stage_manifest: str = ""  # URI or path of the pinned dataset manifest
+    stage_to: str = ""  # local directory; train_dir / val_dir normally point inside it
+    stage_prefixes: list[str] = field(default_factory=lambda: ["train", "val"])  # parts to stage
 
 
 @dataclass

@@ -150,8 +150,12 @@ def stage(
     transfer_config: TransferConfig | None = None,
     fsync: bool = True,
     client: Any = None,
+    lock_timeout: float = 0.0,
 ) -> StageResult:
     """Stage every object under `src_uri` into `dest_dir`; return the manifest of what was staged.
+
+    One stage writes into a directory at a time; `lock_timeout` seconds are waited for another
+    (processes sharing a disk, e.g. emulated replicas on one machine), then StorageError.
 
     `expected_manifest` (a Manifest or a path to one) pins the dataset: exactly its keys are staged
     (other objects under the prefix are ignored), each must have its size and sha256, and entries with
@@ -173,7 +177,7 @@ def stage(
     listing = list_objects(loc, client=client)
     items = _plan(loc, listing, expected)
     dest.mkdir(parents=True, exist_ok=True)
-    with _StagingArea(dest) as area:
+    with _StagingArea(dest, lock_timeout) as area:
         stager = _Stager(loc, dest, area, client, tc, fsync=fsync, progress=progress)
         outcomes = stager.run(items, workers)
     manifest = Manifest(source=loc.uri, entries=[o.entry for o in outcomes])
@@ -267,7 +271,8 @@ def _plan(loc: Location, listing: list[ObjectInfo], expected: Manifest | None) -
 class _StagingArea:
     """`DEST/.staging/`: an exclusive lock, the partial-file area and the journal."""
 
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, lock_timeout: float = 0.0) -> None:
+        self.lock_timeout = lock_timeout
         self.root = dest / STAGING_DIR
         self.partial = self.root / "partial"
         self.journal = StagingJournal(self.root / "journal.jsonl")
@@ -276,11 +281,17 @@ class _StagingArea:
     def __enter__(self) -> _StagingArea:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.root / "lock", "w")  # noqa: SIM115 - held for the whole stage
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise StorageError(f"{self.root.parent}: another stage is writing into this directory") from None
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._lock_file.close()
+                    raise StorageError(
+                        f"{self.root.parent}: another stage is writing into this directory") from None
+                time.sleep(0.2)
         # Parts left by a killed run are never trusted: start the partial area empty.
         shutil.rmtree(self.partial, ignore_errors=True)
         self.partial.mkdir()
