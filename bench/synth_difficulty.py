@@ -163,6 +163,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--world", type=Path, help="generate into (or reuse) this directory; default: a temp dir")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--save", type=Path, help="save the trained backbone's state_dict here")
+    ap.add_argument("--load", type=Path, help="start from this backbone state_dict (with --iters 0: evaluate it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
@@ -207,6 +209,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     m = cfg.model
     model = get_backbone(m.name, embedding_size=m.embedding_size, dropout=m.dropout, width=m.width,
                          layers=m.layers, stem_stride=m.stem_stride)
+    if args.load:
+        model.load_state_dict(torch.load(args.load, weights_only=True))
     head = get_head(cfg.head.type, m.embedding_size, num_classes)
     loss_fn = get_loss(cfg.loss.name, **cfg.loss.params)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=args.lr, momentum=0.9,
@@ -241,6 +245,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         running.append(out["loss"].item())
         if step % args.eval_every == 0 or step == args.iters:
             report(step, train_s, round(float(np.mean(running[-50:])), 4))
+    if args.save:
+        torch.save(model.state_dict(), args.save)
     print(f"training: {args.iters} iterations of {args.batch} in {train_s:.0f} s "
           f"({args.iters * args.batch / max(train_s, 1e-9):.0f} images/s)", flush=True)
     return results

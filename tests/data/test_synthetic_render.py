@@ -116,15 +116,14 @@ def test_crop_landmarks_align_the_face_onto_the_template(seed):
     ident = make_identity(seed, 10, 1.0)
     nz = Nuisance(yaw=float(rng.uniform(-20, 20)), background=(90.0, 120.0, 150.0))
     w, h = (int(v) for v in rng.integers(150, 251, 2))
-    m = crop_transform(rng, posed_landmarks(ident, nz), w, h, scale=float(rng.uniform(1.0, 1.8)),
-                       roll_deg=float(rng.uniform(-30, 30)))
+    m, scale = crop_transform(rng, w, h, roll_deg=float(rng.uniform(-30, 30)), scale_range=(1.0, 1.8))
     crop, lm = render_crop(ident, nz, m, w, h)
     assert crop.shape == (h, w, 3)
     assert (lm >= 0).all() and (lm[:, 0] < w).all() and (lm[:, 1] < h).all()
     aligned_from_crop = align_face(crop, lm).astype(np.float64)  # RGB
     direct, _ = render_aligned(ident, nz)
     direct = direct[:, :, ::-1].astype(np.float64)
-    inner = (slice(16, 112), slice(16, 96))  # the face, away from borders the crop may not cover
+    inner = (slice(16, 112), slice(16, 96))  # the face
     err = np.abs(aligned_from_crop[inner] - direct[inner]).mean()
     assert err < 8.0
     # the landmarks of the crop go to the template (up to the yaw distortion that alignment cannot remove)
@@ -139,8 +138,25 @@ def test_crop_is_scene_not_border_even_when_the_face_is_small():
     ident = make_identity(0, 11, 1.0)
     nz = Nuisance(background=(200.0, 40.0, 40.0), background2=(200.0, 40.0, 40.0))
     rng = np.random.default_rng(0)
-    m = crop_transform(rng, posed_landmarks(ident, nz), 250, 250, scale=0.75, roll_deg=20.0)
+    m, scale = crop_transform(rng, 250, 250, roll_deg=20.0, scale_range=(0.75, 0.75))
+    assert scale == 0.75
     crop, _ = render_crop(ident, nz, m, 250, 250)
     # the corners of a 250-px crop of a 0.75x face lie far outside the 144-px canvas: they show the scene
     assert CANVAS * 0.75 < 250
     assert np.abs(crop[:4, :4].astype(int) - [200, 40, 40]).max() < 30
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_aligned_face_square_fits_inside_every_crop(seed):
+    """A loose crop contains the whole aligned face, so alignment never pads with black."""
+    rng = np.random.default_rng(seed)
+    w, h = (int(v) for v in rng.integers(150, 251, 2))
+    roll = float(rng.uniform(-35, 35))
+    m, scale = crop_transform(rng, w, h, roll)
+    assert 0.05 < scale <= 1.9
+    ident = make_identity(0, seed, 1.0)
+    crop, lm = render_crop(ident, Nuisance(), m, w, h)
+    s = similarity_transform(lm, TEMPLATE)
+    inv = np.linalg.inv(np.vstack([s, [0, 0, 1]]))[:2]
+    corners = np.array([[0, 0], [112, 0], [0, 112], [112, 112]], np.float64) @ inv[:, :2].T + inv[:, 2]
+    assert (corners > -3).all() and (corners[:, 0] < w + 3).all() and (corners[:, 1] < h + 3).all()

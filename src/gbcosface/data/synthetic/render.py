@@ -655,19 +655,27 @@ def render_aligned(ident: Identity, nz: Nuisance, size: int = 112) -> tuple[np.n
     return finish(out, nz), lm_out
 
 
-def crop_transform(rng: np.random.Generator, lm: np.ndarray, width: int, height: int, scale: float,
-                   roll_deg: float) -> np.ndarray:
-    """A canvas -> crop similarity (2, 3): the face at `scale` x its aligned size, rolled, placed at
-    random where its landmarks stay inside the crop."""
+def crop_transform(rng: np.random.Generator, width: int, height: int, roll_deg: float,
+                   scale_range: tuple[float, float] = (0.7, 1.9)) -> tuple[np.ndarray, float]:
+    """A random canvas -> crop similarity (2, 3) and its scale.
+
+    The face is rolled by `roll_deg`, scaled by a factor drawn from `scale_range` (relative to its
+    aligned size) but no larger than lets the whole aligned 112-px face square fit in the crop, and
+    placed at random with that square inside the crop, as a detector's loose crop would contain it.
+    """
     a = math.radians(roll_deg)
+    fit = (min(width, height) - 4.0) / (112.0 * (abs(math.cos(a)) + abs(math.sin(a))))
+    hi = max(min(scale_range[1], fit), 0.05)
+    lo = min(scale_range[0], hi)
+    scale = float(rng.uniform(lo, hi))
     r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) * scale
-    centre = lm.mean(axis=0)
-    pts = (lm - centre) @ r.T
-    margin = 6.0
-    lo = -pts.min(axis=0) + margin
-    hi = np.maximum(np.array([width, height], float) - pts.max(axis=0) - margin, lo)
-    target = rng.uniform(lo, hi)
-    return np.concatenate([r, (target - centre @ r.T)[:, None]], axis=1)
+    square = OFFSET + 112.0 * np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float64)
+    centre = square.mean(axis=0)
+    pts = (square - centre) @ r.T
+    low = -pts.min(axis=0) + 1.0
+    high = np.maximum(np.array([width, height], float) - pts.max(axis=0) - 1.0, low)
+    target = rng.uniform(low, high)
+    return np.concatenate([r, (target - centre @ r.T)[:, None]], axis=1), scale
 
 
 def render_crop(ident: Identity, nz: Nuisance, m_canvas_to_crop: np.ndarray, width: int, height: int,

@@ -159,15 +159,14 @@ def detector_score(nz: Nuisance, face_scale: float, rng: np.random.Generator) ->
 
 def _render_crop_job(ctx: _Ctx, ident: Identity, media_key: tuple, frame: int
                      ) -> tuple[bytes, np.ndarray, float]:
-    from gbcosface.data.synthetic.render import crop_transform, encode_jpeg, posed_landmarks, render_crop
+    from gbcosface.data.synthetic.render import crop_transform, encode_jpeg, render_crop
 
     nz, drift_rng = media_nuisance(ctx, media_key, frame)
     who = drifted(ident, drift_rng, PROFILES["ijb"].drift * ctx.scale)  # one look per media
     rng = np.random.default_rng(np.random.SeedSequence([ctx.seed, _STREAM_MEDIA, *media_key, frame + 1, 7]))
     w, h = (int(v) for v in rng.integers(ctx.crop_min, ctx.crop_max + 1, 2))
-    scale = float(rng.uniform(0.75, 1.9))
     roll = float(np.clip(rng.normal(0.0, 12.0 * ctx.scale), -35.0, 35.0))
-    m = crop_transform(rng, posed_landmarks(who, nz), w, h, scale, roll)
+    m, scale = crop_transform(rng, w, h, roll)
     img, lm = render_crop(who, nz, m, w, h)
     score = detector_score(nz, scale, rng)
     sigma = (0.4 + 2.5 * (1.0 - score)) * scale  # a detector is less precise on hard faces

@@ -1,0 +1,222 @@
+"""IJB image features: read loose crops, align, embed in batches, and cache the result on disk.
+
+Why a cache: embedding IJB-C (469k images) is the expensive part of an evaluation (minutes on a GPU,
+hours on a CPU), while the flags (norm score, detector score) only change the cheap aggregation.
+Features are stored per view (the image, and its horizontal flip) under a key made of the model
+file's sha256, the architecture, the landmark file's sha256, the image directory and the precision,
+so rescoring with other flags, or the flip test after a run without it, embeds only what is missing.
+
+Missing images: without `skip_missing` the first missing file is an error that names it (found by
+a scan before any embedding). With it, missing or undecodable images get all-zero features and are
+left out of the template aggregation (not counted in their media's mean); the counts are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from gbcosface.data.align import align_face
+from gbcosface.data.errors import DataFormatError
+from gbcosface.eval._io import atomic_write_bytes
+from gbcosface.eval.verification import normalize_images
+
+log = logging.getLogger(__name__)
+
+OK, MISSING, UNREADABLE = 0, 1, 2
+VIEWS = ("image", "flip")
+CACHE_VERSION = 1
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class IJBFaceDataset(Dataset):
+    """Aligned faces of an IJB image list: (uint8 (3, size, size) RGB tensor, status)."""
+
+    def __init__(self, root: str | os.PathLike, images: Sequence[str], landmarks: np.ndarray,
+                 size: int = 112, skip: np.ndarray | None = None) -> None:
+        self.crop_dir = Path(root) / "loose_crop"
+        self.images = list(images)
+        self.landmarks = np.asarray(landmarks, dtype=np.float32)
+        self.size = size
+        self.skip = skip  # indices known to be missing: not read
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        blank = torch.zeros((3, self.size, self.size), dtype=torch.uint8)
+        if self.skip is not None and self.skip[i]:
+            return blank, MISSING
+        try:
+            data = np.fromfile(self.crop_dir / self.images[i], dtype=np.uint8)
+        except FileNotFoundError:
+            return blank, MISSING
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if img is None:
+            return blank, UNREADABLE
+        face = align_face(img, self.landmarks[i], size=self.size)
+        return torch.from_numpy(np.ascontiguousarray(face.transpose(2, 0, 1))), OK
+
+
+def find_missing(root: str | os.PathLike, images: Sequence[str]) -> np.ndarray:
+    """Boolean mask of images absent from `root/loose_crop`."""
+    crop = Path(root) / "loose_crop"
+    return np.fromiter((not os.path.isfile(crop / name) for name in images), dtype=bool, count=len(images))
+
+
+@dataclass
+class ExtractResult:
+    views: dict[str, np.ndarray]  # view name -> float32 (N, D)
+    status: np.ndarray  # int8 (N,): OK, MISSING or UNREADABLE
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    root: str | os.PathLike,
+    images: Sequence[str],
+    landmarks: np.ndarray,
+    views: Sequence[str] = ("image",),
+    batch_size: int = 128,
+    device: torch.device | str | None = None,
+    fp16: bool = False,
+    workers: int | None = None,
+    skip: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExtractResult:
+    """Embed every image (and/or its flip) with `backbone`; batched, on the GPU when there is one.
+
+    A DataLoader with `workers` processes reads and aligns the crops; the flip is made on the device,
+    only when asked for. fp16 autocasts on CUDA only.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    device = torch.device(device) if device is not None else default_device()
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or not views:
+        raise ValueError(f"views must be a non-empty subset of {VIEWS}, got {list(views)}")
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    ds = IJBFaceDataset(root, images, landmarks, skip=skip)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    backbone = backbone.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.float16) if (fp16 and device.type == "cuda") else None
+    outs: dict[str, list[np.ndarray]] = {v: [] for v in views}
+    status = np.zeros(len(ds), dtype=np.int8)
+    done = 0
+    for batch, st in loader:
+        x = normalize_images(batch, device)
+        parts = [x if v == "image" else torch.flip(x, dims=[3]) for v in views]
+        inp = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if autocast is not None:
+            with autocast:
+                f = backbone(inp)
+        else:
+            f = backbone(inp)
+        f = f.float().cpu().numpy()
+        b = x.shape[0]
+        for j, v in enumerate(views):
+            outs[v].append(f[j * b : (j + 1) * b])
+        status[done : done + b] = st.numpy()
+        done += b
+        if progress is not None:
+            progress(done, len(ds))
+    result = {v: np.concatenate(o) if o else np.zeros((0, 0), np.float32) for v, o in outs.items()}
+    bad = status != OK
+    for arr in result.values():
+        arr[bad] = 0.0
+    return ExtractResult(views=result, status=status, seconds=time.perf_counter() - t0,
+                         info={"device": str(device), "fp16": bool(autocast is not None), "workers": workers})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cache
+
+
+class FeatureCache:
+    """Per-view feature arrays in `directory`: `<key>.npy` (float32 (N, D)) + `<key>.json` (what it is)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    @staticmethod
+    def identity(model_sha256: str, arch: dict, landmarks_sha256: str, image_root: str, view: str,
+                 fp16: bool) -> dict[str, Any]:
+        return {"version": CACHE_VERSION, "model_sha256": model_sha256, "arch": arch,
+                "landmarks_sha256": landmarks_sha256, "image_root": str(Path(image_root).resolve()),
+                "view": view, "fp16": bool(fp16)}
+
+    def _paths(self, ident: dict[str, Any]) -> tuple[Path, Path]:
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+        return self.directory / f"{key}.npy", self.directory / f"{key}.json"
+
+    def load(self, ident: dict[str, Any], n_images: int, list_path: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(features, status) if cached; a cached array of the wrong length is an error naming it."""
+        npy, meta = self._paths(ident)
+        if not (npy.is_file() and meta.is_file()):
+            return None
+        feats = np.load(npy, allow_pickle=False)
+        info = json.loads(meta.read_text())
+        check_feature_count(feats, n_images, str(npy), list_path)
+        status = np.zeros(n_images, dtype=np.int8)
+        status[np.asarray(info.get("missing", []), dtype=np.int64)] = MISSING
+        status[np.asarray(info.get("unreadable", []), dtype=np.int64)] = UNREADABLE
+        return feats, status
+
+    def save(self, ident: dict[str, Any], feats: np.ndarray, status: np.ndarray) -> Path:
+        npy, meta = self._paths(ident)
+        atomic_write_bytes(npy, lambda fh: np.save(fh, np.ascontiguousarray(feats, dtype=np.float32)))
+        info = {**ident, "shape": list(feats.shape),
+                "missing": np.flatnonzero(status == MISSING).tolist(),
+                "unreadable": np.flatnonzero(status == UNREADABLE).tolist()}
+        atomic_write_bytes(meta, lambda fh: fh.write(json.dumps(info, indent=1).encode()))
+        return npy
+
+
+def check_feature_count(feats: np.ndarray, n_images: int, feats_path: str, list_path: str) -> None:
+    """Features must be a 2-D array with one row per listed image."""
+    if feats.ndim != 2:
+        raise DataFormatError(f"{feats_path}: features must be a 2-D array (images x dims), got shape {feats.shape}")
+    if feats.shape[0] != n_images:
+        raise DataFormatError(
+            f"{feats_path}: {feats.shape[0]} feature rows but {list_path} lists {n_images} images (they must match)"
+        )
+
+
+def load_features_file(path: str | os.PathLike, n_images: int, list_path: str) -> np.ndarray:
+    """A user-supplied (N, D) .npy of image features (e.g. from another tool), count-checked."""
+    try:
+        feats = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: features file not found") from None
+    except ValueError as exc:
+        raise DataFormatError(f"{path}: not a .npy array: {exc}") from None
+    check_feature_count(feats, n_images, str(path), list_path)
+    return np.asarray(feats, dtype=np.float32)
