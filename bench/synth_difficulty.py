@@ -34,6 +34,9 @@ from gbcosface.data.bin_sets import load_bin
 from gbcosface.data.ijb import load_aligned, read_ijb_meta
 from gbcosface.data.recordio import IndexedRecordReader, read_face_layout, unpack
 from gbcosface.data.synthetic.world import WorldSpec, generate_world, load_world
+from gbcosface.eval.ijb import pair_scores, template_features
+from gbcosface.eval.roc import tar_at_far
+from gbcosface.eval.verification import evaluate_embeddings
 from gbcosface.heads import get_head
 from gbcosface.losses import get_loss
 from gbcosface.models import get_backbone
@@ -41,12 +44,9 @@ from gbcosface.models import get_backbone
 FARS = (1e-3, 1e-4)
 
 
-def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> float:
-    """Strict TAR: the largest TPR whose FPR is <= far (threshold above the top far-fraction of impostors)."""
-    imp = np.sort(impostor)[::-1]
-    k = int(np.floor(far * len(imp)))
-    thr = imp[k] if k < len(imp) else -np.inf  # accept only scores above the (k+1)-th highest impostor
-    return float(np.mean(genuine > thr))
+def tar(labels: np.ndarray, scores: np.ndarray, far: float) -> float:
+    """Strict TAR@FAR (largest TPR with FPR <= far) from the project's ROC code."""
+    return float(tar_at_far(labels, scores, fars=(far,), convention="strict")[0].value)
 
 
 def load_train(train_dir: Path) -> tuple[list[bytes], np.ndarray, int]:
@@ -87,8 +87,7 @@ class IJBEval:
         self.images = torch.from_numpy(np.stack(
             [load_aligned(root, meta, i) for i in range(len(meta.images))]).transpose(0, 3, 1, 2).copy())
         tids = np.unique(meta.templates)
-        self.tid_index = {int(t): i for i, t in enumerate(tids)}
-        # identity of every image: templates of one identity are consecutive blocks in genuine pairs
+        # identity of every image: the connected components of the genuine template pairs
         parent = {int(t): int(t) for t in tids}
 
         def find(t: int) -> int:
@@ -111,38 +110,23 @@ class IJBEval:
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         meta = self.meta
-        feats = embed(model, self.images)
-        # template feature = mean over medias of the media's mean image feature, then L2-normalised
-        tfeat = np.zeros((len(self.tid_index), feats.shape[1]))
-        media_keys, media_inv = np.unique(np.stack([meta.templates, meta.medias], 1), axis=0, return_inverse=True)
-        media_inv = media_inv.ravel()
-        mfeat = np.zeros((len(media_keys), feats.shape[1]))
-        np.add.at(mfeat, media_inv, feats)
-        mfeat /= np.bincount(media_inv)[:, None]
-        np.add.at(tfeat, [self.tid_index[int(t)] for t in media_keys[:, 0].tolist()], mfeat)
-        tfeat /= np.linalg.norm(tfeat, axis=1, keepdims=True)
-        t1 = np.array([self.tid_index[int(t)] for t in meta.pair_t1.tolist()])
-        t2 = np.array([self.tid_index[int(t)] for t in meta.pair_t2.tolist()])
-        scores = (tfeat[t1] * tfeat[t2]).sum(1)
-        gen, imp = scores[meta.pair_label == 1], scores[meta.pair_label == 0]
+        feats = embed(model, self.images)  # L2-normalised image features (norm and detector score off)
+        tfeat, tids = template_features(feats, meta.templates, meta.medias)
+        scores = pair_scores(tfeat, tids, meta.pair_t1, meta.pair_t2)
         s_gen = (feats[self.single_gen[:, 0]] * feats[self.single_gen[:, 1]]).sum(1)
         s_imp = (feats[self.single_imp[:, 0]] * feats[self.single_imp[:, 1]]).sum(1)
+        s_lab = np.concatenate([np.ones(len(s_gen), np.int64), np.zeros(len(s_imp), np.int64)])
+        s_all = np.concatenate([s_gen, s_imp])
         out = {}
         for far in FARS:
-            out[f"template_tar@{far:g}"] = tar_at_far(gen, imp, far)
-            out[f"image_tar@{far:g}"] = tar_at_far(s_gen, s_imp, far)
+            out[f"template_tar@{far:g}"] = tar(meta.pair_label, scores, far)
+            out[f"image_tar@{far:g}"] = tar(s_lab, s_all, far)
         return out
 
 
 def bin_accuracy(model: torch.nn.Module, binset) -> float:
-    """Best-threshold accuracy over all pairs (optimistic; the real evaluator uses 10 folds)."""
-    f = embed(model, binset.images)
-    cos = (f[0::2] * f[1::2]).sum(1)
-    same = binset.issame
-    order = np.argsort(-cos)
-    tp = np.concatenate([[0], np.cumsum(same[order])])
-    tn = (~same).sum() - np.concatenate([[0], np.cumsum(~same[order])])
-    return float(((tp + tn) / len(same)).max())
+    """10-fold verification accuracy (the project's evaluator) of one .bin set."""
+    return evaluate_embeddings(embed(model, binset.images), binset.issame)["accuracy"]
 
 
 def main() -> int:

@@ -64,48 +64,50 @@ def landmarks_for(variant: int, size: int = 140) -> np.ndarray:
 
 @pytest.fixture
 def make_ijb():
-    """make_ijb(root, n_subjects=5, templates_per_subject=4, target='IJBC') -> dict of what was written.
+    """make_ijb(root, n_subjects=5, templates_per_subject=4, target='IJBC') -> dict of what was written."""
+    return write_tiny_ijb
 
-    Templates mix one-image medias and multi-frame medias. Pairs: every pair of templates (t1 < t2),
-    genuine when both show the same subject.
+
+def write_tiny_ijb(root: Path, n_subjects: int = 5, templates_per_subject: int = 4, target: str = "IJBC") -> dict:
+    """Write a tiny IJB directory (images made with cv2, meta with gbcosface.data.ijb's writer).
+
+    Templates mix one-image medias and multi-frame medias. Pairs: every pair of templates
+    (t1 < t2), genuine when both show the same subject.
     """
     from gbcosface.data.ijb import write_ijb_meta
 
-    def make(root: Path, n_subjects: int = 5, templates_per_subject: int = 4, target: str = "IJBC") -> dict:
-        crop = root / "loose_crop"
-        crop.mkdir(parents=True, exist_ok=True)
-        images, templates, medias, landmarks, det = [], [], [], [], []
-        rng = np.random.default_rng(42)
-        tid = 100
-        for s in range(n_subjects):
-            for _ in range(templates_per_subject):
-                tid += 3
-                n_media = int(rng.integers(1, 3))
-                for m in range(n_media):
-                    frames = int(rng.integers(1, 3))
-                    for _ in range(frames):
-                        k = len(images)
-                        name = f"{k}.jpg"
-                        ok, buf = cv2.imencode(".jpg", face_image(s, k), [cv2.IMWRITE_JPEG_QUALITY, 90])
-                        assert ok
-                        (crop / name).write_bytes(buf.tobytes())
-                        images.append(name)
-                        templates.append(tid)
-                        medias.append(5000 + 10 * tid + m)
-                        landmarks.append(landmarks_for(k))
-                        det.append(float(rng.uniform(0.5, 1.0)))
-        subject_of = {t: (t - 103) // 3 // templates_per_subject for t in set(templates)}
-        uniq = sorted(set(templates))
-        t1, t2, lab = [], [], []
-        for i, a in enumerate(uniq):
-            for b in uniq[i + 1:]:
-                t1.append(a)
-                t2.append(b)
-                lab.append(int(subject_of[a] == subject_of[b]))
-        fields = dict(images=images, templates=np.array(templates), medias=np.array(medias),
-                      landmarks=np.array(landmarks), det_scores=np.array(det, np.float32),
-                      pair_t1=np.array(t1), pair_t2=np.array(t2), pair_label=np.array(lab))
-        write_ijb_meta(root, target, **fields)
-        return fields
-
-    return make
+    crop = root / "loose_crop"
+    crop.mkdir(parents=True, exist_ok=True)
+    images, templates, medias, landmarks, det = [], [], [], [], []
+    rng = np.random.default_rng(42)
+    tid = 100
+    for s in range(n_subjects):
+        for _ in range(templates_per_subject):
+            tid += 3
+            n_media = int(rng.integers(1, 3))
+            for m in range(n_media):
+                frames = int(rng.integers(1, 3))
+                for _ in range(frames):
+                    k = len(images)
+                    name = f"{k}.jpg"
+                    ok, buf = cv2.imencode(".jpg", face_image(s, k), [cv2.IMWRITE_JPEG_QUALITY, 90])
+                    assert ok
+                    (crop / name).write_bytes(buf.tobytes())
+                    images.append(name)
+                    templates.append(tid)
+                    medias.append(5000 + 10 * tid + m)
+                    landmarks.append(landmarks_for(k))
+                    det.append(float(rng.uniform(0.5, 1.0)))
+    subject_of = {t: (t - 103) // 3 // templates_per_subject for t in set(templates)}
+    uniq = sorted(set(templates))
+    t1, t2, lab = [], [], []
+    for i, a in enumerate(uniq):
+        for b in uniq[i + 1:]:
+            t1.append(a)
+            t2.append(b)
+            lab.append(int(subject_of[a] == subject_of[b]))
+    fields = dict(images=images, templates=np.array(templates), medias=np.array(medias),
+                  landmarks=np.array(landmarks), det_scores=np.array(det, np.float32),
+                  pair_t1=np.array(t1), pair_t2=np.array(t2), pair_label=np.array(lab))
+    write_ijb_meta(root, target, **fields)
+    return fields

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from gbcosface.eval.ijb import UnknownTemplateError, image_weights, pair_scores, template_features, template_rows
+from gbcosface.eval.ijb import (
+    UnknownTemplateError,
+    image_weights,
+    pair_scores,
+    template_features,
+    template_rows,
+)
 
 
 def random_ijb(seed, n_templates=12, dim=8, max_medias=4, max_per_media=4, shared_media=True):
@@ -53,7 +59,7 @@ def test_template_features_against_loops(seed, shared_media):
     feats, templates, medias, _ = random_ijb(seed, shared_media=shared_media)
     got, ids = template_features(feats, templates, medias)
     ref = loop_template_features(feats, templates, medias)
-    assert ids.tolist() == sorted(ref) and got.dtype == np.float32
+    assert ids.tolist() == sorted(ref) and got.dtype == np.float64
     for row, t in zip(got, ids, strict=True):
         np.testing.assert_allclose(row, ref[int(t)], rtol=1e-5, atol=1e-6)
 
@@ -132,13 +138,19 @@ def protocol_pairs(rng, ids, n_first, per_second):
     return np.array(p1)[order], np.array(p2)[order]
 
 
-@pytest.mark.parametrize("block_bytes", [64 << 20, 40, 200])
-def test_pair_scores_block_products_against_loops(block_bytes):
+@pytest.mark.parametrize("block_bytes", [64 << 20, 40, 500])
+@pytest.mark.parametrize("order", ["random", "by_first", "by_second"])
+def test_pair_scores_block_products_against_loops(block_bytes, order):
+    """Every way through the block products: one block or many, pairs grouped by either side or not."""
     feats, templates, medias, rng = random_ijb(1, n_templates=30)
     tf, ids = template_features(feats, templates, medias)
     p1, p2 = protocol_pairs(rng, ids, 6, 4)  # dense enough for the block products
+    if order != "random":
+        perm = np.argsort(p1 if order == "by_first" else p2, kind="stable")
+        p1, p2 = p1[perm], p2[perm]
     got = pair_scores(tf, ids, p1, p2, block_bytes=block_bytes)
-    np.testing.assert_allclose(got, loop_scores(tf, ids, p1, p2), rtol=1e-5, atol=1e-6)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, loop_scores(tf, ids, p1, p2), rtol=1e-12, atol=1e-12)
 
 
 def test_pair_scores_sparse_protocol_uses_rowwise_path():
@@ -147,7 +159,7 @@ def test_pair_scores_sparse_protocol_uses_rowwise_path():
     p1 = rng.choice(ids, 15)
     p2 = rng.choice(ids, 15)
     got = pair_scores(tf, ids, p1, p2, dense_ratio=0.5)
-    np.testing.assert_allclose(got, loop_scores(tf, ids, p1, p2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, loop_scores(tf, ids, p1, p2), rtol=1e-12, atol=1e-12)
     # and the same numbers through the block path
     np.testing.assert_allclose(pair_scores(tf, ids, p1, p2, dense_ratio=1e9), got, rtol=1e-5, atol=1e-6)
 

@@ -186,3 +186,16 @@ def test_bad_far_and_convention():
         tar_at_far(labels, scores, [0.1], convention="loose")
     with pytest.raises(ValueError, match="FAR"):
         tar_at_far(labels, scores, [0.0])
+
+
+@pytest.mark.parametrize("n, quant", [(50, 0), (20_000, 0), (20_000, 20)])
+def test_curve_is_a_prefix_of_roc_curve(n, quant):
+    rng = np.random.default_rng(n + quant)
+    labels, scores = random_case(rng, n, quant)
+    fpr, tpr, thr = roc_curve(labels, scores)
+    curve = ScoreSet(labels, scores).curve(0.05)
+    m = curve.fpr.size - (0 if curve.complete else 1)  # an incomplete curve's last point may be extra
+    assert curve.fpr[-1] >= 0.05 or curve.complete
+    np.testing.assert_array_equal(curve.fpr[:m], fpr[:m])
+    np.testing.assert_array_equal(curve.tpr[:m], tpr[:m])
+    np.testing.assert_array_equal(curve.thresholds[:m], thr[:m])

@@ -128,7 +128,7 @@ def extract_features(
                         pin_memory=device.type == "cuda", persistent_workers=False)
     backbone = backbone.to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.float16) if (fp16 and device.type == "cuda") else None
-    outs: dict[str, list[np.ndarray]] = {v: [] for v in views}
+    result: dict[str, np.ndarray] = {}  # filled in place: no list of batches, no final concatenation copy
     status = np.zeros(len(ds), dtype=np.int8)
     done = 0
     for batch, st in loader:
@@ -142,13 +142,16 @@ def extract_features(
             f = backbone(inp)
         f = f.float().cpu().numpy()
         b = x.shape[0]
+        if not result:
+            result = {v: np.empty((len(ds), f.shape[1]), dtype=np.float32) for v in views}
         for j, v in enumerate(views):
-            outs[v].append(f[j * b : (j + 1) * b])
+            result[v][done : done + b] = f[j * b : (j + 1) * b]
         status[done : done + b] = st.numpy()
         done += b
         if progress is not None:
             progress(done, len(ds))
-    result = {v: np.concatenate(o) if o else np.zeros((0, 0), np.float32) for v, o in outs.items()}
+    if not result:
+        result = {v: np.zeros((0, 0), np.float32) for v in views}
     bad = status != OK
     for arr in result.values():
         arr[bad] = 0.0

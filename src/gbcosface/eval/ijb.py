@@ -31,6 +31,7 @@ __all__ = [
     "image_weights",
     "pair_scores",
     "tar_at_far",
+    "compact_ranks",
     "template_features",
     "template_rows",
 ]
@@ -80,13 +81,18 @@ def template_features(
     weights: np.ndarray | None = None,
     include: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(L2-normalised template features float32 (T, D), sorted unique template ids (T,)).
+    """(L2-normalised template features float64 (T, D), sorted unique template ids (T,)).
 
     Template feature = sum over its medias of the mean of ``weights[i] * img_feats[i]`` over the
     template's images of that media, then L2-normalised. Medias are grouped per template (one media id
     in two templates is two groups). Images with ``include`` False are left out entirely (not counted
     in their media's mean); a template left without images gets an all-zero row, as sklearn's
     normalize leaves a zero row.
+
+    Precision follows the official script: media means accumulate in the features' precision
+    (float32 for float32 features, so the 469k x 512 matrix is never copied), template features
+    are float64, so that pair scores are float64 as well: float32 scores would tie at IJB-C scale,
+    and roc_curve's thinning (hence TAR "nearest") depends on ties.
     """
     img_feats = np.asarray(img_feats)
     templates = np.asarray(templates)
@@ -116,9 +122,9 @@ def template_features(
     agg = scipy.sparse.csr_matrix(
         (w.astype(dtype), (key // len(uniq_m), rows_img)), shape=(len(uniq_t), n)
     )
-    feats = np.asarray(agg @ img_feats.astype(dtype, copy=False), dtype=dtype)
-    norms = np.sqrt(np.einsum("ij,ij->i", feats, feats, dtype=np.float64))
-    np.divide(feats, norms[:, None].astype(dtype), out=feats, where=norms[:, None] > 0)
+    feats = np.asarray(agg @ img_feats.astype(dtype, copy=False), dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", feats, feats))
+    np.divide(feats, norms[:, None], out=feats, where=norms[:, None] > 0)
     return feats, uniq_t.astype(np.int64, copy=False)
 
 
@@ -154,6 +160,35 @@ def template_rows(unique_templates: np.ndarray, ids: np.ndarray, column: str = "
     return rows
 
 
+def compact_ranks(unique_templates: np.ndarray, ids: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each id among the distinct ids used (int32), row in `unique_templates` of each used id).
+
+    For small non-negative ids one bincount and one table gather do it; unknown ids raise
+    UnknownTemplateError naming the first pair that uses one.
+    """
+    ut = np.asarray(unique_templates)
+    ids = np.asarray(ids)
+    if ids.size and np.issubdtype(ids.dtype, np.integer) and ut.size:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo >= 0 and hi < max(1 << 22, 64 * ut.size):
+            used_ids = np.flatnonzero(np.bincount(ids, minlength=hi + 1))
+            try:
+                used_rows = template_rows(ut, used_ids, column)
+            except UnknownTemplateError:
+                template_rows(ut, ids, column)  # raises, naming the first pair with an unknown template
+                raise
+            table = np.zeros(hi + 1, dtype=np.int32)
+            table[used_ids] = np.arange(used_ids.size, dtype=np.int32)
+            return table[ids], used_rows
+    rows = template_rows(ut, ids, column)
+    used_rows, ranks = np.unique(rows, return_inverse=True)
+    return ranks.astype(np.int32), used_rows
+
+
+def _is_sorted(a: np.ndarray) -> bool:
+    return bool(a.size < 2 or np.all(a[1:] >= a[:-1]))
+
+
 def pair_scores(
     feats: np.ndarray,
     unique_templates: np.ndarray,
@@ -162,53 +197,53 @@ def pair_scores(
     block_bytes: int = 64 << 20,
     dense_ratio: float = 8.0,
 ) -> np.ndarray:
-    """Cosine score (float32) of each pair (p1[i], p2[i]) of template ids, from normalised `feats`.
+    """Cosine score of each pair (p1[i], p2[i]) of template ids, from normalised `feats` (float64 for float64 feats).
 
     When the distinct first and second templates form a block not much larger than the number of
-    pairs (`dense_ratio`), scores come from block matrix products over the side with more distinct
-    templates (each block at most `block_bytes`), and each pair picks its entry. Otherwise (sparse
-    protocols) chunked row-wise dot products. Memory stays bounded either way.
+    pairs (`dense_ratio`), scores come from matrix products of one side's templates, a block of rows
+    at a time (each product at most `block_bytes`), against all of the other side's, and each pair
+    picks its entry. The blocked side is one the pairs are sorted by when there is one (IJB's pair
+    files run through the first templates in order), so each block's pairs are a contiguous run;
+    otherwise a radix sort of the block numbers groups them. Sparse protocols get chunked row-wise
+    dot products instead. Memory stays bounded either way.
     """
     feats = np.asarray(feats)
     p1, p2 = np.asarray(p1), np.asarray(p2)
     if p1.shape != p2.shape or p1.ndim != 1:
         raise ValueError(f"p1 and p2 must be equally long 1-D arrays, got {p1.shape} and {p2.shape}")
-    r1 = template_rows(unique_templates, p1, "first template")
-    r2 = template_rows(unique_templates, p2, "second template")
     out = np.empty(p1.size, dtype=np.result_type(feats.dtype, np.float32))
     if p1.size == 0:
+        template_rows(unique_templates, p1, "first template")
         return out
-    t = feats.shape[0]
-    used1 = np.bincount(r1, minlength=t) > 0
-    used2 = np.bincount(r2, minlength=t) > 0
-    k1, k2 = int(used1.sum()), int(used2.sum())
+    rank1, rows1 = compact_ranks(unique_templates, p1, "first template")
+    rank2, rows2 = compact_ranks(unique_templates, p2, "second template")
+    k1, k2 = rows1.size, rows2.size
     if k1 * k2 > dense_ratio * p1.size:
-        _rowwise_scores(feats, r1, r2, out)
+        _rowwise_scores(feats, rows1[rank1], rows2[rank2], out)
         return out
-    if k1 > k2:  # the side with fewer templates stays whole; the other is cut into column blocks
-        r1, r2, used1, used2, k1, k2 = r2, r1, used2, used1, k2, k1
-    # Compact ranks within each side's used templates.
-    rank1 = (np.cumsum(used1) - 1).astype(np.int32)[r1]
-    rank2 = (np.cumsum(used2) - 1).astype(np.int32)[r2]
-    del r1, r2
-    a = np.ascontiguousarray(feats[used1])
-    b = feats[used2]
-    cols = max(1, min(k2, block_bytes // max(1, 4 * k1)))
-    nblocks = -(-k2 // cols)
-    if nblocks == 1:
-        m = a @ b.T
-        out[:] = np.take(m.ravel(), rank1.astype(np.int64) * k2 + rank2)
-        return out
-    # One pass per column block finds its pairs (there are few blocks; no full sort of the pairs).
-    block_of = (rank2 // cols).astype(np.uint16 if nblocks < 65536 else np.int32)
-    for blk in range(nblocks):
-        idx = np.flatnonzero(block_of == blk)
-        if idx.size == 0:
+    sorted1 = _is_sorted(rank1)
+    if (not sorted1 and _is_sorted(rank2)) or (not sorted1 and k1 < k2):
+        rank1, rank2, rows1, rows2, k1, k2 = rank2, rank1, rows2, rows1, k2, k1  # block side 1
+        sorted1 = _is_sorted(rank1)
+    whole = feats[rows2]
+    per_block = max(1, min(k1, block_bytes // max(1, feats.itemsize * k2)))
+    starts = np.arange(0, k1, per_block)
+    if sorted1:
+        bounds = np.append(np.searchsorted(rank1, starts), rank1.size)
+        order = None
+    else:  # group the pairs by block: a stable radix sort of small integer keys is linear
+        block_of = rank1 // per_block
+        key = block_of.astype(np.uint8 if starts.size <= 256 else np.uint16 if starts.size <= 65536 else np.int64)
+        order = np.argsort(key, kind="stable")
+        bounds = np.append(0, np.cumsum(np.bincount(block_of, minlength=starts.size)))
+    for blk, lo in enumerate(starts.tolist()):
+        s, e = int(bounds[blk]), int(bounds[blk + 1])
+        if s == e:
             continue
-        lo = blk * cols
-        hi = min(k2, lo + cols)
-        m = a @ b[lo:hi].T  # (k1, hi - lo)
-        flat = rank1[idx].astype(np.int64) * (hi - lo) + (rank2[idx] - lo)
+        hi = min(k1, lo + per_block)
+        m = feats[rows1[lo:hi]] @ whole.T  # (hi - lo, k2)
+        idx = slice(s, e) if order is None else order[s:e]
+        flat = (rank1[idx] - lo).astype(np.int64) * k2 + rank2[idx]
         out[idx] = np.take(m.ravel(), flat)
     return out
 

@@ -85,10 +85,10 @@ def format_comparison(results: dict[str, dict], convention: str = "nearest") -> 
             cells.append(f"{text:>{width}}")
         lines.append(f"{_far(far):>6}  " + "  ".join(cells))
     lines.append(f"{'AUC':>6}  " + "  ".join(f"{100.0 * results[n]['auc']:>{width}.4f}" for n in names))
-    notes = sorted({f"{_far(c['far'])}: {c['reason']}" for r in results.values()
+    notes = sorted({(c["far"], c["reason"]) for r in results.values()
                     for c in r["tar_at_far"][convention] if c.get("tar") is None and c.get("reason")})
     if notes:
-        lines.append("n/a: " + "; ".join(notes))
+        lines.append("n/a: " + "; ".join(f"{_far(far)}: {reason}" for far, reason in notes))
     return "\n".join(lines)
 
 

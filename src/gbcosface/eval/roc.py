@@ -60,7 +60,7 @@ class TarCell:
 class RocPoints:
     """ROC points as sklearn's roc_curve returns them, possibly only its first part.
 
-    ``complete`` is False when only the points with FPR below ``fpr[-1]`` are listed (top-k mode).
+    ``complete`` is False when only the points up to FPR ``fpr[-1]`` are listed (top-k mode).
     """
 
     fpr: np.ndarray
@@ -98,7 +98,7 @@ class ScoreSet:
     """Genuine and impostor scores with the top impostors cached, shared by all cells and conventions."""
 
     def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
-        self.gen, self.imp = split_scores(labels, scores)
+        self.gen, self.imp = split_scores(labels, scores)  # imp is a fresh copy (boolean indexing)
         self.n_pos, self.n_neg = int(self.gen.size), int(self.imp.size)
         self.imp_max = self.imp.max()
         self._top: tuple[int, np.ndarray, bool] | None = None  # (k asked, sorted top impostors, complete)
@@ -121,13 +121,12 @@ class ScoreSet:
             top, complete = np.sort(self.imp), True
         else:
             cut = self.n_neg - k
-            part = np.partition(self.imp, cut)
-            c = part[cut]
-            ties = int(np.count_nonzero(part[:cut] == c))
-            top = part[cut:]
+            self.imp.partition(cut)  # in place: imp is this object's own copy, and its order is free
+            c = self.imp[cut]
+            ties = int(np.count_nonzero(self.imp[:cut] == c))
+            top = np.sort(self.imp[cut:])
             if ties:
                 top = np.concatenate([np.full(ties, c, dtype=top.dtype), top])
-            top = np.sort(top)
             complete = top.size == self.n_neg
         self._top = (k, top, complete)
         self._points = None
@@ -238,7 +237,11 @@ class ScoreSet:
         return exact_auc(self.gen, self.imp)
 
     def curve(self, max_fpr: float = 0.1) -> RocPoints:
-        """roc_curve's points up to (at least) FPR `max_fpr`, for plots."""
+        """roc_curve's points up to (at least) FPR `max_fpr`, for plots.
+
+        When the top impostors do not cover every impostor, the last point is the exact ROC point
+        at the smallest top impostor, listed whether or not roc_curve's thinning would keep it.
+        """
         k = self.k_for(max_fpr)
         fps, tps, vals, kept, complete = self.points(max(k, self._top[0] if self._top else k))
         if not complete:  # the last listed point is exact even if its thinning fate is not known
@@ -260,6 +263,9 @@ def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars=DEFAULT_FARS, conven
     impostor pairs, or when the scores separate genuine from impostor pairs perfectly.
     """
     ss = score_set or ScoreSet(labels, scores)
+    fars = [float(f) for f in fars]
+    if fars and 0.0 < max(fars) <= 1.0:
+        ss.top_impostors(ss.k_for(max(fars)))  # one partition serves every cell
     return [ss.cell(far, convention) for far in fars]
 
 

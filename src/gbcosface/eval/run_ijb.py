@@ -1,9 +1,10 @@
 """`evaluate_ijb`: one IJB-B/IJB-C 1:1 evaluation from a backbone file to a result directory.
 
-Writes into `result_dir`: `scores.npy` (float32, one score per line of the pair file, NaN for pairs
-left out), `metrics.json` (both TAR conventions, AUC, flags, model sha256 and path, the meta files'
-sha256, counts), `roc.png` and `report.html`; each file atomically. Prints the TAR@FAR table with
-the flags used.
+Writes into `result_dir`: `scores.npy` (float64 as the official script's, one score per line of the
+pair file, NaN for pairs left out), `metrics.json` (both TAR conventions, AUC, flags, model sha256
+and path, the meta files' sha256, counts, and `roc`: a few hundred ROC points up to FPR ~ the
+largest FAR, as the official plot), `roc.png` and `report.html`; each file atomically. Prints the
+TAR@FAR table with the flags used.
 
 Pairs left out: with --skip-missing, a template whose images are all missing has no feature; its
 pairs are not scored (NaN in scores.npy) and are counted in `counts.pairs_excluded`.
@@ -48,6 +49,20 @@ def _arch_of(model_path: str, backbone_type: str | None) -> dict[str, Any]:
         except ValueError:
             arch = {"sidecar_sha256": fx.file_sha256(side)}
     return {"sidecar": arch, "backbone_type": backbone_type}
+
+
+def _progress_logger(step: float = 0.1):
+    """A progress callback that logs about every `step` of the images, with the rate so far."""
+    start = time.perf_counter()
+    state = {"next": step}
+
+    def report(done: int, total: int) -> None:
+        if total and (done / total >= state["next"] or done == total):
+            state["next"] = (int(done / total / step) + 1) * step
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            log.info("embedded %d/%d images (%.0f images/s)", done, total, rate)
+
+    return report
 
 
 def image_features(
@@ -104,7 +119,7 @@ def image_features(
         log.info("embedding %d images (%s) with %s", n, "+".join(todo), model_path)
         res = fx.extract_features(backbone, image_path, meta.images, meta.landmarks, views=todo,
                                   batch_size=batch_size, device=device, fp16=fp16, workers=workers,
-                                  skip=missing if missing.any() else None)
+                                  skip=missing if missing.any() else None, progress=_progress_logger())
         info["extract"] = {"seconds": res.seconds, **res.info}
         for v in todo:
             got[v] = res.views[v]
@@ -214,15 +229,19 @@ def evaluate_ijb(
         "version": __version__,
     }
 
-    out = Path(result_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report.atomic_write_bytes(out / "scores.npy", lambda fh: np.save(fh, scores.astype(np.float32, copy=False)))
+    # Everything is rendered before the first file is replaced, so a failure leaves old results whole;
+    # metrics.json, which says what the others are, goes last.
     png = report.roc_png({label: (curve.fpr, curve.tpr, auc)}, f"ROC on {label} ({report.flags_text(metrics['flags'])})")
-    report.atomic_write_bytes(out / "roc.png", png)
-    report.atomic_write_bytes(out / "report.html", report.render_html(metrics, png).encode("utf-8"))
+    html = report.render_html(metrics, png).encode("utf-8")
     timings["total"] = time.perf_counter() - t_start
     metrics["timings"] = timings
-    report.atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+    doc = (json.dumps(metrics, indent=2) + "\n").encode("utf-8")
+    out = Path(result_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report.atomic_write_bytes(out / "scores.npy", lambda fh: np.save(fh, scores))
+    report.atomic_write_bytes(out / "roc.png", png)
+    report.atomic_write_bytes(out / "report.html", html)
+    report.atomic_write_bytes(out / "metrics.json", doc)
     if not quiet:
         print(report.format_table(metrics))
         if metrics["counts"]["images_missing"]:
