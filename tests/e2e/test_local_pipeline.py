@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 LINEAGE = {"run_id", "config_hash", "dataset_manifest_hash", "code_version", "image", "seed"}
 TINY_TRAINING = [
     "model.width=8", "model.embedding_size=32", "data.batch_size=16", "data.num_workers=0",
-    "schedule.max_steps=12", "schedule.epochs=1", "schedule.milestones=[]", "run.checkpoint_every=6",
+    "schedule.max_steps=12", "schedule.epochs=5", "schedule.milestones=[]", "run.checkpoint_every=6",
     "run.log_every=4", "run.metrics_port=0",
 ]
 
@@ -91,7 +91,7 @@ def test_gate_passes_and_everything_is_published_with_lineage(s3_data):
     # Trained by the 2-replica emulated PyTorchJob.
     train_summary = json.loads(get_bytes(f"{prefix}/train/train_summary.json"))
     assert train_summary["world_size"] == 2
-    assert train_summary["step"] == 12
+    assert train_summary["steps"] == 12
 
     # Every KFP artifact of the model and the evaluation carries the lineage in its metadata.
     model_art = _executor_outputs(run_dir, "train-model")["artifacts"]["model"]["artifacts"][0]["metadata"]

@@ -100,6 +100,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
         rng.seed_everything(cfg.run.seed)  # identical initial weights on every rank and every world size
 
+        from gbcosface.train.staging import stage_training_data
+
+        stage_training_data(cfg.data, env.local_rank)  # pinned data onto this node (data.stage_from)
+        barrier(env)
         self.dataset = RecordFaceDataset(cfg.data.train_dir, skip_bad=cfg.data.skip_bad_samples)
         self.num_classes = cfg.head.num_classes or self.dataset.num_classes
         if cfg.head.num_classes and cfg.head.num_classes != self.dataset.num_classes:
