@@ -335,7 +335,8 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % (1 << 32)
     random.seed(seed)
     np.random.seed(seed)
-    cv2.setNumThreads(1)
+    # No cv2.setNumThreads here: in a forked child whose parent already started OpenCV's thread
+    # pool it deadlocks (the pool's threads do not exist in the child). imdecode is single-threaded.
 
 
 class _RingBatch:
