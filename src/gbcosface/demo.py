@@ -70,7 +70,8 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
         upload(world_dir, data_uri, endpoint_url=server.endpoint_url)
         timings["upload_s"] = time.monotonic() - t
 
-        overrides = list(recipe_overrides or [])
+        # Metrics on: replica r serves 127.0.0.1:9400 + r (see README, "Watching a demo run").
+        overrides = ["run.metrics_port=9400", *(recipe_overrides or [])]
         if steps is not None:
             overrides.append(f"schedule.max_steps={steps}")
         params = {
