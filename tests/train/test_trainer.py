@@ -185,3 +185,38 @@ def test_metrics_exporter_sees_steps(tmp_path: Path, tiny_trainset: Path, monkey
     phases = {s.labels["phase"]: s.value for s in samples if s.name == "gbcosface_train_phase"}
     assert phases["done"] == 1.0 and phases["training"] == 0.0
     assert [s.labels["local_rank"] for s in samples if s.name == "gbcosface_train_step"] == ["0"]
+
+
+def test_validation_keeps_the_best_backbone(tmp_path: Path, tiny_trainset: Path) -> None:
+    import numpy as np
+
+    from gbcosface.data.bin_sets import write_bin
+    from gbcosface.models import load_backbone
+
+    from .conftest import _identity_image
+
+    rng = np.random.default_rng(7)
+    images, issame = [], []
+    for i in range(40):  # 20 genuine and 20 impostor pairs of the training identities
+        a = i % 20
+        b = a if i % 2 == 0 else (a + 1 + i // 2) % 20
+        images += [_identity_image(a, 0, rng), _identity_image(b, 1, rng)]
+        issame.append(a == b)
+    val_dir = tmp_path / "val"
+    val_dir.mkdir()
+    write_bin(val_dir / "tiny.bin", images, issame)
+
+    out = tmp_path / "run"
+    summary = train(_cfg(tiny_trainset, str(out), schedule={"max_steps": 25},
+                         data={"val_dir": str(val_dir), "val_targets": ["tiny"]}, run={"val_every": 10}))
+    best = summary["best"]
+    assert best is not None and best["step"] in (10, 20, 25)
+    last = summary["last_validation"]["tiny"]
+    assert 0.0 <= last["accuracy"] <= 1.0 and last["xnorm"] > 0
+    assert best["mean_accuracy"] >= last["accuracy"]
+    recorded = json.loads((out / "model" / "best" / "val.json").read_text())
+    assert recorded["step"] == best["step"] and recorded["mean_accuracy"] == best["mean_accuracy"]
+    model = load_backbone(out / "model" / "best" / "backbone.pt")
+    assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 32)
+    state = checkpoint.read_file(checkpoint.latest_complete(str(out)), checkpoint.STATE_FILE)
+    assert state["progress"]["best_step"] == best["step"]  # a resume keeps the best-so-far
