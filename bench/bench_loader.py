@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from _machine import cpu_model  # noqa: E402 - bench/ is on sys.path when run as a script
 
 from gbcosface.data.recordio import write_face_rec
 from gbcosface.data.train_set import (
@@ -38,14 +39,7 @@ from gbcosface.data.train_set import (
 
 
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import torchvision
 

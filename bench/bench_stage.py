@@ -32,16 +32,11 @@ from gbcosface.storage.local_server import LocalS3Server
 
 MiB = 1024 * 1024
 
+from _machine import cpu_model  # noqa: E402 - bench/ is on sys.path when run as a script
+
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     versions = ", ".join(f"{p} {_version(p)}" for p in ("boto3", "s3transfer", "awscli", "moto"))
     return (
