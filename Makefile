@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MXVENV ?= .venv-mxnet
 STAMP := $(VENV)/.installed
 
-.PHONY: venv mxnet-venv prometheus test test-fast lint demo compile bench build-images clean
+.PHONY: venv mxnet-venv prometheus test test-fast lint demo compile print-image bench build-images clean
 
 venv: $(STAMP)
 
@@ -39,9 +39,22 @@ test-fast: venv
 lint: venv
 	$(VENV)/bin/ruff check src tests bench components pipelines
 
+# The one image the steps and the training pods run: what `make build-images` builds is what
+# `make compile` references (gbcosface.images; a test checks these defaults against it).
+REGISTRY ?= ghcr.io/gbcosface
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE := $(REGISTRY)/gbcosface:$(TAG)
+# Secrets the steps' pods pull the image with (comma-separated), e.g. IMAGE_PULL_SECRETS=regcred.
+IMAGE_PULL_SECRETS ?=
+
+print-image:
+	@echo $(IMAGE)
+
 # The KFP IR YAML of the DAG (pipelines/train_eval.py), for upload to a Kubeflow Pipelines UI.
 compile: venv
-	$(PY) -m gbcosface pipeline compile -o build/gbcosface_train_eval.yaml
+	$(PY) -m gbcosface pipeline compile -o build/gbcosface_train_eval.yaml --image $(IMAGE) \
+	  $(foreach s,$(subst $(comma), ,$(IMAGE_PULL_SECRETS)),--image-pull-secret $(s))
+comma := ,
 
 # The whole pipeline on this machine: local S3 server, synthetic faces, 2-replica emulated
 # PyTorchJob on CPU, IJB-C-like evaluation, gate, publish; prints trained vs untrained TAR@FAR.
@@ -51,8 +64,6 @@ demo: venv
 # Container images (docs/kubernetes.md): the wheel into dist/, then the trainer image (CUDA + torch,
 # what PyTorchJob pods run) and the pipeline image (KFP steps). ENGINE=docker|podman; PUSH=1 pushes;
 # TRAINER_BASE / PIPELINE_BASE / TORCH_INDEX_URL override the Dockerfiles' pinned defaults.
-REGISTRY ?= ghcr.io/gbcosface
-TAG ?= 0.1.0
 ENGINE ?= docker
 PUSH ?= 0
 TRAINER_BASE ?=

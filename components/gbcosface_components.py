@@ -1,36 +1,39 @@
 """Lightweight KFP components. Each body imports gbcosface and calls one step function.
 
-Why lightweight Python components: KFP's local SubprocessRunner can run them (the embedded demo),
-and on a cluster they run in the pipeline image, which has gbcosface installed. The image is set
-at compile time from GBCOSFACE_PIPELINE_IMAGE. (No `from __future__ import annotations` here: KFP
-reads the annotations as real types.)
+Why lightweight Python components: KFP's local runners can run them (the embedded demo, and the
+image test under DockerRunner), and on a cluster they run in the gbcosface image. The image here is
+only a default: the DAG sets every task's image (pipelines/train_eval.py), from `make compile
+REGISTRY=.. TAG=..` or at run time. Run-scoped inputs arrive whole (`run_id`, never a string with
+the id inside): a real KFP backend substitutes a placeholder only when it is an input's entire
+value, so the steps build paths and names from it (gbcosface.steps.runs). (No `from __future__
+import annotations` here: KFP reads the annotations as real types.)
 """
 
-
-import os
 
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
-PIPELINE_IMAGE = os.environ.get("GBCOSFACE_PIPELINE_IMAGE", "ghcr.io/gbcosface/gbcosface-pipeline:0.1.0")
+from gbcosface.images import DEFAULT_IMAGE
 
 
 def _component(func):
-    return dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)(func)
+    return dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)(func)
 
 
 @_component
 def stage_data(
     data_uri: str,
-    run_uri: str,
+    output_uri: str,
+    run_id: str,
     work_dir: str,
     endpoint_url: str,
     dataset: Output[Dataset],
 ) -> str:
     """Stage the dataset from object storage, verify it, and pin it in a manifest."""
+    from gbcosface.steps.runs import run_uri
     from gbcosface.steps.stage import stage_dataset
 
-    info = stage_dataset(data_uri=data_uri, run_uri=run_uri, work_dir=work_dir,
+    info = stage_dataset(data_uri=data_uri, run_uri=run_uri(output_uri, run_id), work_dir=work_dir,
                          endpoint_url=endpoint_url, manifest_out=dataset.path)
     dataset.metadata.update(info)
     return info["manifest_hash"]
@@ -42,26 +45,29 @@ def train_model(
     recipe: str,
     overrides: list,
     run_id: str,
-    run_uri: str,
+    output_uri: str,
     work_dir: str,
     endpoint_url: str,
     launcher: str,
+    job_kind: str,
     nnodes: int,
     nproc_per_node: int,
+    gpus_per_node: int,
     trainer_image: str,
     namespace: str,
+    cluster_profile: str,
     s3_secret: str,
-    gpus_per_node: int,
     timeout_s: int,
     model: Output[Model],
 ) -> str:
-    """Launch the PyTorchJob (or its local emulation), wait for it, and fetch the trained backbone."""
+    """Launch the training job (or its local emulation), wait for it, and fetch the trained backbone."""
     from gbcosface.steps.train import train_model as run
 
     info = run(dataset_manifest=dataset.path, recipe=recipe, overrides=list(overrides), run_id=run_id,
-               run_uri=run_uri, work_dir=work_dir, endpoint_url=endpoint_url, launcher=launcher,
-               nnodes=nnodes, nproc_per_node=nproc_per_node, image=trainer_image, namespace=namespace,
-               s3_secret=s3_secret, gpus_per_node=gpus_per_node, timeout_s=timeout_s, model_dir=model.path)
+               output_uri=output_uri, work_dir=work_dir, endpoint_url=endpoint_url, launcher=launcher,
+               job_kind=job_kind, nnodes=nnodes, nproc_per_node=nproc_per_node, gpus_per_node=gpus_per_node,
+               trainer_image=trainer_image, namespace=namespace, cluster_profile=cluster_profile,
+               s3_secret=s3_secret, timeout_s=timeout_s, model_dir=model.path)
     model.metadata.update(info["lineage"])
     model.metadata["job_name"] = info["job_name"]
     return info["job_name"]
@@ -78,20 +84,22 @@ def evaluate_model(
     norm_score: bool,
     detector_score: bool,
     gate_far: float,
-    run_uri: str,
+    output_uri: str,
+    run_id: str,
     metrics: Output[Metrics],
     roc: Output[ClassificationMetrics],
     report: Output[HTML],
     table: Output[Markdown],
     results: Output[Dataset],
 ) -> float:
-    """IJB 1:1 verification of the trained backbone; returns TAR at the gate's FAR."""
+    """IJB evaluation of the trained backbone; returns 1:1 TAR at the gate's FAR."""
     from gbcosface.steps.evaluate import evaluate_model as run
+    from gbcosface.steps.runs import run_uri
 
     out = run(dataset_manifest=dataset.path, model_dir=model.path, model_metadata=dict(model.metadata),
               target=target, work_dir=work_dir, endpoint_url=endpoint_url, flip=flip,
               norm_score=norm_score, detector_score=detector_score, gate_far=gate_far,
-              result_dir=results.path, run_uri=run_uri)
+              result_dir=results.path, run_uri=run_uri(output_uri, run_id))
     for name, value in out["kfp_metrics"].items():
         metrics.log_metric(name, value)
     roc.log_roc_curve(out["roc"]["fpr"], out["roc"]["tpr"], out["roc"]["thresholds"])
@@ -117,32 +125,37 @@ def publish(
     model: Input[Model],
     results: Input[Dataset],
     dataset: Input[Dataset],
-    run_uri: str,
+    output_uri: str,
+    run_id: str,
     endpoint_url: str,
     export_onnx: bool,
     summary: Output[Dataset],
 ) -> str:
     """Publish model, metadata and evaluation artifacts under the run prefix; write the run summary."""
     from gbcosface.steps.publish import publish as run
+    from gbcosface.steps.runs import run_uri
 
     info = run(model_dir=model.path, model_metadata=dict(model.metadata), results_dir=results.path,
-               dataset_metadata=dict(dataset.metadata), run_uri=run_uri, endpoint_url=endpoint_url,
-               export_onnx=export_onnx, summary_out=summary.path)
+               dataset_metadata=dict(dataset.metadata), run_uri=run_uri(output_uri, run_id),
+               endpoint_url=endpoint_url, export_onnx=export_onnx, summary_out=summary.path)
     summary.metadata.update(info["lineage"])
     return info["summary_uri"]
 
 
 @_component
-def record_rejection(tar: float, min_tar: float, far: float, run_uri: str, endpoint_url: str) -> str:
+def record_rejection(tar: float, min_tar: float, far: float, output_uri: str, run_id: str,
+                     endpoint_url: str) -> str:
     """The gate said no: record why under the run prefix, publish nothing."""
     from gbcosface.steps.gate import record_rejection as run
+    from gbcosface.steps.runs import run_uri
 
-    return run(tar=tar, min_tar=min_tar, far=far, run_uri=run_uri, endpoint_url=endpoint_url)
+    return run(tar=tar, min_tar=min_tar, far=far, run_uri=run_uri(output_uri, run_id), endpoint_url=endpoint_url)
 
 
 @_component
-def cleanup_job(run_id: str, launcher: str, namespace: str) -> str:
-    """Exit handler: delete a leftover PyTorchJob of this run (a cancelled or failed run leaves one)."""
+def cleanup_job(run_id: str, launcher: str, job_kind: str, namespace: str) -> str:
+    """Exit handler: delete this run's training job if it is still running (a cancelled or failed
+    run leaves one); a finished job stays for its TTL, for inspection."""
     from gbcosface.steps.train import cleanup_job as run
 
-    return run(run_id=run_id, launcher=launcher, namespace=namespace)
+    return run(run_id=run_id, launcher=launcher, job_kind=job_kind, namespace=namespace)

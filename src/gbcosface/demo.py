@@ -39,9 +39,11 @@ def _world_is_current(world_dir: Path, spec: Any) -> bool:
 def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: int = 2,
              gate_min_tar: float = 0.3, gate_far: float = 1e-3, keep_world: bool = True,
              world_overrides: dict[str, Any] | None = None,
-             recipe_overrides: list[str] | None = None) -> dict[str, Any]:
+             recipe_overrides: list[str] | None = None, quiet: bool = True) -> dict[str, Any]:
     from gbcosface.data.synthetic.world import WorldSpec, generate_world
-    from gbcosface.pipeline_cli import run_local
+    from gbcosface.console import step_console
+    from gbcosface.pipeline_cli import local_run_id, run_local
+    from gbcosface.steps.runs import run_uri as run_prefix
     from gbcosface.storage import download_dir, upload
     from gbcosface.storage.local_server import LocalS3Server
 
@@ -91,10 +93,15 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
             "export_onnx": True,
         }
         t = time.monotonic()
-        run_dir = run_local(params, out / "kfp")
+        log_path = out / "pipeline.log"
+        log_path.unlink(missing_ok=True)
+        print(f"running the pipeline (KFP local runner); executor input and step logs go to {log_path}",
+              flush=True)
+        with step_console(log_path, quiet=quiet):
+            run_dir = run_local(params, out / "kfp")
         timings["pipeline_s"] = time.monotonic() - t
-        run_id = run_dir.name
-        run_uri = f"{params['output_uri']}/runs/{run_id}"
+        run_id = local_run_id(run_dir)
+        run_uri = run_prefix(params["output_uri"], run_id)
         download_dir(run_uri, out / "published", endpoint_url=server.endpoint_url)
 
     t = time.monotonic()
@@ -102,7 +109,7 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
     timings["untrained_eval_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - t0
     trained = json.loads((out / "published" / "eval" / "IJBC" / "metrics.json").read_text())
-    summary = {"run_id": run_id, "run_uri": run_uri, "out": str(out), "timings": timings,
+    summary = {"run_id": run_id, "run_uri": run_uri, "out": str(out), "log": str(log_path), "timings": timings,
                "trained": trained, "untrained": untrained}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print_summary(summary)
@@ -140,13 +147,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"  report: {out / 'published' / 'eval' / 'IJBC' / 'report.html'}")
     print(f"  ROC:    {out / 'published' / 'eval' / 'IJBC' / 'roc.png'}")
     print(f"  KFP local artifacts: {out / 'kfp'}")
+    print(f"  pipeline log (executor input, every step's output): {summary['log']}")
     t = summary["timings"]
     print(f"wall time {t['total_s']:.0f} s (synth {t['synth_s']:.0f} s, pipeline {t['pipeline_s']:.0f} s)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     run_demo(Path(args.out), seed=args.seed, steps=args.steps, replicas=args.replicas,
-             gate_min_tar=args.gate_min_tar)
+             gate_min_tar=args.gate_min_tar, quiet=not args.show_logs)
     return 0
 
 
@@ -157,4 +165,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--replicas", type=int, default=2, help="emulated PyTorchJob replicas")
     p.add_argument("--gate-min-tar", type=float, default=0.3, help="publish when TAR@FAR=1e-3 reaches this")
+    p.add_argument("--show-logs", action="store_true",
+                   help="print everything KFP prints (executor input, step output) instead of one line per step")
     p.set_defaults(func=_cmd_demo)

@@ -54,49 +54,83 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def compile_pipeline(out: str | Path) -> Path:
+def compile_pipeline(out: str | Path, image: str | None = None, image_pull_secrets: tuple[str, ...] = ()) -> Path:
+    """Compile the DAG to IR YAML; `image` is the default of the image parameters (`make compile
+    REGISTRY=.. TAG=..` passes what `make build-images` builds)."""
     from kfp import compiler
 
+    from gbcosface.pipeline_rules import problems
+
     module = load_pipeline_module()
+    options = module.CompileOptions(image_pull_secrets=tuple(image_pull_secrets))
+    if image:
+        options.image = image
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.yaml")
-    compiler.Compiler().compile(module.gbcosface_train_eval, package_path=str(tmp))
+    compiler.Compiler().compile(module.build_pipeline(options), package_path=str(tmp))
+    found = problems(next(yaml.safe_load_all(tmp.read_text())))
+    if found:
+        tmp.unlink()
+        raise SystemExit("the compiled pipeline breaks rules of a real KFP backend:\n  " + "\n  ".join(found))
     os.replace(tmp, out)
     return out
 
 
-def run_local(params: dict[str, Any], pipeline_root: str | Path) -> Path:
-    """Run the DAG with KFP's local SubprocessRunner in this environment; returns the run's folder."""
+def run_local(params: dict[str, Any], pipeline_root: str | Path, image: str | None = None) -> Path:
+    """Run the DAG with KFP's local SubprocessRunner in this environment; returns the run's folder.
+
+    The local runners read each task's image from the IR as it is, so the DAG is built with the
+    static `image` here instead of the run-time `pipeline_image` parameter.
+    """
     from kfp import local
 
     module = load_pipeline_module()
+    options = module.CompileOptions(runtime_images=False)
+    if image:
+        options.image = image
+    pipeline = module.build_pipeline(options)
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in root.iterdir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
-    module.gbcosface_train_eval(**params)
+    pipeline(**params)
     new = sorted(p for p in root.iterdir() if p.name not in before and p.is_dir())
     if not new:
         raise RuntimeError(f"the local run left no folder in {root}")
     return new[-1]
 
 
+def local_run_id(run_dir: str | Path) -> str:
+    """The unique run id a local run's steps received (what names its run prefix in S3)."""
+    out = Path(run_dir) / "train-model" / "executor_output.json"
+    try:
+        meta = json.loads(out.read_text())["artifacts"]["model"]["artifacts"][0]["metadata"]
+        return str(meta["run_id"])
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        raise RuntimeError(f"{out}: no run id in the train step's model metadata ({exc})") from exc
+
+
 def submit(host: str, params: dict[str, Any], experiment: str, run_name: str | None,
-           namespace: str | None) -> str:
+           namespace: str | None, image: str | None = None, image_pull_secrets: tuple[str, ...] = ()) -> str:
+    """Compile (with the backend rules checked) and submit one run; `namespace` is the user's
+    profile namespace in multi-user Kubeflow."""
+    import tempfile
+
     import kfp
 
-    module = load_pipeline_module()
-    client = kfp.Client(host=host, namespace=namespace)
-    run = client.create_run_from_pipeline_func(
-        module.gbcosface_train_eval, arguments=params, experiment_name=experiment, run_name=run_name,
-        enable_caching=False)
+    with tempfile.TemporaryDirectory(prefix="gbcosface-submit-") as tmp:
+        package = compile_pipeline(Path(tmp) / "pipeline.yaml", image=image, image_pull_secrets=image_pull_secrets)
+        client = kfp.Client(host=host, namespace=namespace)
+        run = client.create_run_from_pipeline_package(
+            str(package), arguments=params, experiment_name=experiment, run_name=run_name,
+            namespace=namespace, enable_caching=False)
     return run.run_id
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    print(compile_pipeline(args.output))
+    print(compile_pipeline(args.output, image=args.image, image_pull_secrets=tuple(args.image_pull_secret)))
     return 0
 
 
@@ -109,7 +143,8 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    run_id = submit(args.host, parse_params(args.param), args.experiment, args.run_name, args.namespace)
+    run_id = submit(args.host, parse_params(args.param), args.experiment, args.run_name, args.namespace,
+                    image=args.image, image_pull_secrets=tuple(args.image_pull_secret))
     print(json.dumps({"run_id": run_id, "host": args.host}))
     return 0
 
@@ -120,6 +155,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = verbs.add_parser("compile", help="write the KFP IR YAML")
     c.add_argument("-o", "--output", default="build/gbcosface_train_eval.yaml")
+    c.add_argument("--image", default=None,
+                   help="the image the steps and training pods run (default: gbcosface.images.DEFAULT_IMAGE; "
+                        "`make compile REGISTRY=.. TAG=..` passes what `make build-images` builds)")
+    c.add_argument("--image-pull-secret", action="append", default=[], metavar="NAME",
+                   help="a Secret the steps' pods pull the image with (repeatable)")
     c.set_defaults(func=_cmd_compile)
 
     r = verbs.add_parser("run-local", help="run the DAG with KFP's local runner (launcher=local)")
@@ -132,6 +172,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow")
     s.add_argument("--experiment", default="gbcosface")
     s.add_argument("--run-name", default=None)
-    s.add_argument("--namespace", default=None)
+    s.add_argument("--namespace", default=None, help="your profile namespace (multi-user Kubeflow)")
+    s.add_argument("--image", default=None, help="as for `compile`")
+    s.add_argument("--image-pull-secret", action="append", default=[], metavar="NAME")
     s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     s.set_defaults(func=_cmd_submit)

@@ -13,12 +13,13 @@ import os
 import pytest
 
 from gbcosface.data.synthetic.world import WorldSpec, generate_world
-from gbcosface.pipeline_cli import run_local
+from gbcosface.pipeline_cli import local_run_id, run_local
 from gbcosface.storage import get_bytes, list_uri, read_manifest, upload
 from gbcosface.storage.local_server import LocalS3Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
+RUN_IDS: list[str] = []  # the run ids seen by this module's runs, in order
 LINEAGE = {"run_id", "config_hash", "dataset_manifest_hash", "code_version", "image", "seed"}
 TINY_TRAINING = [
     "model.width=8", "model.embedding_size=32", "data.batch_size=16", "data.num_workers=0",
@@ -58,7 +59,8 @@ def _executor_outputs(run_dir, task):
 
 def test_gate_passes_and_everything_is_published_with_lineage(s3_data):
     run_dir = run_local(_params(s3_data, "pass", min_tar=0.0), s3_data["root"] / "kfp-pass")
-    run_id = run_dir.name
+    run_id = local_run_id(run_dir)
+    RUN_IDS.append(run_id)
     prefix = f"s3://e2e/pass/runs/{run_id}"
     keys = set(list_uri(prefix))
     for key in ("config.yaml", "dataset/manifest.json", "model/backbone.pt", "model/backbone.json",
@@ -107,7 +109,10 @@ def test_gate_passes_and_everything_is_published_with_lineage(s3_data):
 
 def test_gate_fails_and_nothing_is_published(s3_data):
     run_dir = run_local(_params(s3_data, "fail", min_tar=1.01), s3_data["root"] / "kfp-fail")
-    prefix = f"s3://e2e/fail/runs/{run_dir.name}"
+    run_id = local_run_id(run_dir)
+    # The run prefix comes from the run's unique id: a second run never lands in the first one's.
+    assert run_id and "{{" not in run_id and run_id not in RUN_IDS and run_id != run_dir.name
+    prefix = f"s3://e2e/fail/runs/{run_id}"
     keys = set(list_uri(prefix))
     assert "gate.json" in keys
     gate = json.loads(get_bytes(f"{prefix}/gate.json"))

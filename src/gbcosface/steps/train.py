@@ -39,13 +39,17 @@ def resolve_config(*, recipe: str, overrides: list[str], data_root: str, data_so
     ])
 
 
-def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run_id: str, run_uri: str,
-                work_dir: str, endpoint_url: str = "", launcher: str = "kubeflow", nnodes: int = 1,
-                nproc_per_node: int = 1, image: str = "", namespace: str = "kubeflow",
-                s3_secret: str = "", gpus_per_node: int = 0, timeout_s: int = 0,
+def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run_id: str, output_uri: str,
+                work_dir: str, endpoint_url: str = "", launcher: str = "kubeflow", job_kind: str = "pytorchjob",
+                nnodes: int = 1, nproc_per_node: int = 1, gpus_per_node: int = 0, trainer_image: str = "",
+                namespace: str = "", cluster_profile: str = "", s3_secret: str = "", timeout_s: int = 0,
                 model_dir: str) -> dict[str, Any]:
     from gbcosface.launch.names import job_name_for_run
+    from gbcosface.steps.runs import run_uri as run_prefix
 
+    run_uri = run_prefix(output_uri, run_id)
+    image = trainer_image
+    namespace = namespace or "default"
     manifest = read_manifest(dataset_manifest)
     manifest_uri = join_uri(run_uri, "dataset", "manifest.json")
     local = launcher == "local"
@@ -81,7 +85,7 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
                 "nproc_per_node": nproc_per_node, "train_summary": summary,
                 "config_uri": join_uri(run_uri, "config.yaml"), "train_output": cfg.run.output}
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-    return {"lineage": lineage.as_dict(), "job_name": name, "summary": summary}
+    return {"lineage": lineage.as_dict(), "job_name": name, "summary": summary, "run_uri": run_uri}
 
 
 def job_spec(*, name: str, run_id: str, local: bool, nnodes: int, nproc_per_node: int, image: str,
@@ -135,7 +139,7 @@ def _run_cluster(cfg: TrainConfig, spec: Any, *, timeout_s: int) -> None:
     log.info("PyTorchJob %s/%s: %s", spec.namespace, spec.name, status.describe())
 
 
-def cleanup_job(*, run_id: str, launcher: str, namespace: str) -> str:
+def cleanup_job(*, run_id: str, launcher: str, job_kind: str = "pytorchjob", namespace: str = "") -> str:
     """Exit handler: delete this run's PyTorchJob if it is still there (cancel, failure, timeout)."""
     from gbcosface.launch.names import job_name_for_run
 

@@ -1,0 +1,113 @@
+"""A readable console for a local pipeline run: one line per step, training progress, the log file's path.
+
+Why: KFP's local runner prints every step's executor input (a JSON document), its streamed output
+and its outputs, so a person watching `make demo` drowned in machine output (236 of 715 lines were
+executor JSON). `StepConsole` stands in for stdout while the run goes: everything is written to a
+log file, and the terminal gets
+- one line per finished step: its name, status and duration;
+- the training progress lines (rank 0's `step N/M ...`), shortened;
+- warnings and errors, and on a failed step the tail of the log and where the log is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '(?P<task>[^']+)'")
+_END = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)")
+_PIPELINE_END = re.compile(r"Pipeline '(?P<name>[^']+)' finished with status (?P<status>[A-Z]+)")
+# `[master-0] 2026-.. INFO gbcosface.train: step 40/600 epoch 1 | ...`: only rank 0 writes these.
+_PROGRESS = re.compile(r"\[(?P<replica>[\w-]+)\].*?gbcosface\.train: (?P<text>step \d+/\d+ .*)$")
+_PROBLEM = re.compile(r"\b(ERROR|CRITICAL|Traceback \(most recent call last\))")
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+class StepConsole(io.TextIOBase):
+    """A text stream: every line goes to `log`; the lines a person needs go to `terminal`."""
+
+    def __init__(self, log: IO[str], terminal: IO[str], log_path: Path | None = None, tail: int = 40):
+        self._log, self._term, self.log_path = log, terminal, log_path
+        self._buf = ""
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}
+        self._recent: deque[str] = deque(maxlen=tail)
+        self.steps: list[tuple[str, str, float]] = []  # (task, status, seconds) in finishing order
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._log.write(text)
+            self._buf += text
+            while "\n" in self._buf:
+                line, self._buf = self._buf.split("\n", 1)
+                self._line(strip_ansi(line))
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._log.flush()
+            self._term.flush()
+
+    def _say(self, text: str) -> None:
+        self._term.write(text + "\n")
+        self._term.flush()
+
+    def _line(self, line: str) -> None:
+        self._recent.append(line)
+        if m := _START.search(line):
+            self._started[m["task"]] = time.monotonic()
+        elif m := _END.search(line):
+            took = max(0.0, time.monotonic() - self._started.pop(m["task"], time.monotonic()))
+            self.steps.append((m["task"], m["status"], took))
+            self._say(f"  {m['task']:<22} {m['status']:<8} {took:7.1f} s")
+            if m["status"] != "SUCCESS":
+                self._say_tail()
+        elif m := _PIPELINE_END.search(line):
+            self._say(f"  pipeline {m['name']}: {m['status']}")
+        elif m := _PROGRESS.search(line):
+            self._say(f"      train {m['text']}")
+        elif _PROBLEM.search(line):
+            self._say(f"  ! {line.strip()}")
+
+    def _say_tail(self) -> None:
+        self._say("  --- last lines of the log ---")
+        for line in list(self._recent)[:-1]:
+            self._say(f"  | {line}")
+        if self.log_path is not None:
+            self._say(f"  full log: {self.log_path}")
+
+
+@contextlib.contextmanager
+def step_console(log_path: str | Path, quiet: bool = True) -> Iterator[StepConsole | None]:
+    """Route stdout and stderr through a StepConsole (and into `log_path`) for the block.
+
+    `quiet=False` leaves the streams alone (everything on the terminal, as KFP prints it).
+    """
+    if not quiet:
+        yield None
+        return
+    path = Path(log_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        console = StepConsole(log, sys.__stdout__ if sys.stdout is None else sys.stdout, path)
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+            try:
+                yield console
+            finally:
+                console.write("\n")
+                console.flush()
