@@ -40,8 +40,8 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
              gate_min_tar: float = 0.3, gate_far: float = 1e-3, keep_world: bool = True,
              world_overrides: dict[str, Any] | None = None,
              recipe_overrides: list[str] | None = None, quiet: bool = True) -> dict[str, Any]:
-    from gbcosface.data.synthetic.world import WorldSpec, generate_world
     from gbcosface.console import step_console
+    from gbcosface.data.synthetic.world import WorldSpec, generate_world
     from gbcosface.pipeline_cli import local_run_id, run_local
     from gbcosface.steps.runs import run_uri as run_prefix
     from gbcosface.storage import download_dir, upload
