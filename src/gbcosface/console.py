@@ -28,11 +28,21 @@ _END = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]
 _PIPELINE_END = re.compile(r"Pipeline '(?P<name>[^']+)' finished with status (?P<status>[A-Z]+)")
 # `[master-0] 2026-.. INFO gbcosface.train: step 40/600 epoch 1 | ...`: only rank 0 writes these.
 _PROGRESS = re.compile(r"\[(?P<replica>[\w-]+)\].*?gbcosface\.train: (?P<text>step \d+/\d+ .*)$")
+_LOSS = re.compile(r"\bloss=(?P<loss>[-+\d.eE]+|nan|inf)")
 _PROBLEM = re.compile(r"\b(ERROR|CRITICAL|Traceback \(most recent call last\))")
 
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def short_progress(text: str) -> str:
+    """`step N/M epoch E | X samples/s | eta T | loss=L` of the trainer's full progress line."""
+    parts = [p.strip() for p in text.split("|")]
+    keep = [p for p in parts if p.startswith(("step ", "eta ")) or p.endswith("samples/s")]
+    if m := _LOSS.search(text):
+        keep.append(f"loss={m['loss']}")
+    return " | ".join(keep) if keep else text
 
 
 class StepConsole(io.TextIOBase):
@@ -80,7 +90,7 @@ class StepConsole(io.TextIOBase):
         elif m := _PIPELINE_END.search(line):
             self._say(f"  pipeline {m['name']}: {m['status']}")
         elif m := _PROGRESS.search(line):
-            self._say(f"      train {m['text']}")
+            self._say(f"      train {short_progress(m['text'])}")
         elif _PROBLEM.search(line):
             self._say(f"  ! {line.strip()}")
 

@@ -21,7 +21,8 @@ def _say(text: str) -> str:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for step in (10, 20):
         # What the emulator echoes for the leader replica's progress lines.
-        print(f"[master-0] 2026-12-01 10:00:00 INFO gbcosface.train: step {step}/20 epoch 1 | 1.0 samples/s")
+        print(f"[master-0] 2026-12-01 10:00:00 INFO gbcosface.train: step {step}/20 epoch 1 | 1.0 samples/s | "
+              "eta 0:00:10 | loss=16.4157 cos_neg=0.2814 loss_neg=6.6955 cos_v=0.5000 | lr 1.000e-01 | data wait 1%")
         print(f"[worker-0] 2026-12-01 10:00:00 INFO gbcosface.data: staged {step} files")
     return text.upper()
 
@@ -65,8 +66,8 @@ def test_a_local_run_prints_one_line_per_step_and_logs_the_rest(tmp_path):
     step_lines = [line for line in lines if "SUCCESS" in line and " s" in line and "pipeline" not in line]
     assert [line.split()[0] for line in step_lines] == ["say", "say-2"], lines
     progress = [line for line in lines if line.strip().startswith("train step")]
-    assert progress == ["      train step 10/20 epoch 1 | 1.0 samples/s",
-                        "      train step 20/20 epoch 1 | 1.0 samples/s"] * 2  # both steps'
+    assert progress == ["      train step 10/20 epoch 1 | 1.0 samples/s | eta 0:00:10 | loss=16.4157",
+                        "      train step 20/20 epoch 1 | 1.0 samples/s | eta 0:00:10 | loss=16.4157"] * 2
     assert any("pipeline console-demo: SUCCESS" in line for line in lines)
     # The machine output stays out of the terminal but is all in the log.
     assert "executor_input" in log or '"inputs"' in log
