@@ -229,8 +229,9 @@ def _local_from_manifest(args: argparse.Namespace) -> Any:
     if args.max_restarts_set:
         plan.max_restarts = args.max_restarts
     plan.env.update(dict(args.env))
-    return run_plan(plan, log_dir=work / "logs", timeout_s=args.timeout) if args.timeout else run_plan(
-        plan, log_dir=work / "logs")
+    if args.timeout:
+        plan.timeout_s = args.timeout
+    return run_plan(plan, log_dir=work / "logs")
 
 
 def _local(args: argparse.Namespace) -> int:
