@@ -21,6 +21,7 @@ API for TrainJobs; what differs per kind is in `launch/kinds.py`):
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -130,6 +131,8 @@ class JobClient:
         self.request_timeout = request_timeout
         self.kind: JobKind = get_job_kind(kind) if isinstance(kind, str) else kind
         self.stuck_pod_grace_s = stuck_pod_grace_s
+        if client_configuration is None and config_file is None:
+            config_file = os.environ.get("KUBECONFIG") or None  # read now: the library read it at import
         self.training = TrainingClient(
             config_file=config_file, context=context, client_configuration=client_configuration,
             namespace=namespace,

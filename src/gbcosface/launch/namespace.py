@@ -9,6 +9,7 @@ current kubeconfig context's namespace (a person at a workstation), else "defaul
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ def default_namespace(explicit: str = "", sa_file: str | Path = SERVICE_ACCOUNT_
     try:
         from kubernetes import config
 
-        _, current = config.list_kube_config_contexts(config_file=kubeconfig)
+        # KUBECONFIG read now (the client library reads it once, at import).
+        _, current = config.list_kube_config_contexts(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None)
         ns = ((current or {}).get("context") or {}).get("namespace")
         if ns:
             return ns
