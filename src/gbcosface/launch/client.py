@@ -240,7 +240,9 @@ class JobClient:
         pods = self.pods(name, ns)
         if not pods:
             return []
-        return pod_problems(pods, self.pod_events(ns))
+        # Events only say more about pods that are not running yet (FailedMount, FailedScheduling).
+        waiting = any((p.get("status") or {}).get("phase") == "Pending" for p in pods)
+        return pod_problems(pods, self.pod_events(ns) if waiting else [])
 
     def leader_pod(self, name: str, namespace: str | None = None) -> str | None:
         """The pod whose log tells the story (node rank 0), or None while there is none."""
