@@ -192,3 +192,16 @@ def test_kinds_are_looked_up_by_name():
     assert get_job_kind("PyTorchJob").name == "pytorchjob"
     with pytest.raises(ValueError, match="unknown job kind 'mpijob'"):
         get_job_kind("mpijob")
+
+
+def test_the_emulator_and_the_kind_table_import_without_kubernetes_clients():
+    """`gbcosface.launch` stays light: the emulator and the kind registry load neither the Kubernetes
+    client nor a Kubeflow SDK (only a kind's implementation does, when asked for)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gbcosface.launch, gbcosface.launch.local, gbcosface.launch.kinds, gbcosface.launch.pods, "
+            "gbcosface.launch.namespace, gbcosface.launch.trainjob_env; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'kubeflow')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
