@@ -286,3 +286,50 @@ def test_trainjob_podmonitor_scrapes_only_the_ports_of_existing_local_ranks():
     assert targets["replica_index"] == ["__meta_kubernetes_pod_label_batch_kubernetes_io_job_completion_index"]
     assert [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"] == [
         {"targetLabel": "job", "replacement": "gbcosface"}]
+
+
+def _relabel_config(rule: dict[str, Any]) -> dict[str, Any]:
+    """A PodMonitor relabeling (camelCase) as Prometheus' relabel_config (snake_case)."""
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    return {keys.get(k, k): v for k, v in rule.items()}
+
+
+@pytest.mark.integration
+def test_a_real_prometheus_keeps_the_trainjob_targets_the_podmonitor_means(tmp_path):
+    """The TrainJob PodMonitor's relabelings in a real Prometheus, on static targets that carry the
+    pod and port meta labels Kubernetes service discovery would give a 2-process node: only the ports
+    of local ranks 0 and 1 are kept, labelled as the rules and dashboard expect."""
+    import time
+
+    from gbcosface.monitoring.prometheus_local import PrometheusServer
+
+    (endpoint,) = load(PODMONITOR_TRAINJOB)["spec"]["podMetricsEndpoints"]
+    meta = {"__meta_kubernetes_pod_label_gbcosface_local_ranks": "2",
+            "__meta_kubernetes_pod_label_jobset_sigs_k8s_io_jobset_name": "tj",
+            "__meta_kubernetes_pod_label_jobset_sigs_k8s_io_replicatedjob_name": "node",
+            "__meta_kubernetes_pod_label_batch_kubernetes_io_job_completion_index": "1",
+            "__meta_kubernetes_pod_node_name": "gpu-node-7"}
+    ports = ["metrics"] + [f"metrics-{i}" for i in range(1, 8)] + ["nccl"]
+    static = [{"targets": [f"127.0.0.1:{19400 + i}"],
+               "labels": {**meta, "__meta_kubernetes_pod_container_port_name": name}} for i, name in enumerate(ports)]
+    server = PrometheusServer([], tmp_path, rules_from=None)
+    server.config_path.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "5s", "scrape_timeout": "1s"},
+        "scrape_configs": [{"job_name": "podmonitor-trainjob", "metrics_path": endpoint["path"],
+                            "static_configs": static,
+                            "relabel_configs": [_relabel_config(r) for r in endpoint["relabelings"]]}],
+    }))
+    with server:  # starts it, and stops it on the way out
+        deadline = time.monotonic() + 60
+        while True:
+            data = server.api("targets", state="any")
+            if len(data["activeTargets"]) + len(data["droppedTargets"]) == len(ports) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    active = sorted(data["activeTargets"], key=lambda t: t["labels"]["instance"])
+    assert [t["labels"]["instance"] for t in active] == ["127.0.0.1:19400", "127.0.0.1:19401"]
+    assert len(data["droppedTargets"]) == len(ports) - 2
+    for t in active:
+        labels = t["labels"]
+        assert (labels["job"], labels["kubeflow_job"], labels["replica_type"], labels["replica_index"],
+                labels["kubernetes_node"]) == ("gbcosface", "tj", "node", "1", "gpu-node-7")
