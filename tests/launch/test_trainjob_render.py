@@ -205,3 +205,19 @@ def test_the_emulator_and_the_kind_table_import_without_kubernetes_clients():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'kubeflow')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_namespaced_runtime_can_be_referenced_and_only_by_a_trainjob():
+    spec = JobSpec(name="gbc-ns", image=IMAGE, namespace="team-a", trainjob_runtime="TrainingRuntime/gbcosface-torch")
+    job = get_job_kind("trainjob").render(spec, load_config("paper")).job
+    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
+                                         "name": "gbcosface-torch"}
+    assert trainjob_errors(job, _schema("trainjob")) == []
+    other = JobSpec(name="gbc-ns", image=IMAGE, trainjob_runtime="my-runtime")
+    assert get_job_kind("trainjob").render(other, load_config("paper")).job["spec"]["runtimeRef"]["kind"] == \
+        "ClusterTrainingRuntime"
+    with pytest.raises(ValueError, match="KIND one of"):
+        get_job_kind("trainjob").render(JobSpec(name="gbc-ns", image=IMAGE, trainjob_runtime="Runtime/x"),
+                                        load_config("paper"))
+    with pytest.raises(ValueError, match="cannot be a PyTorchJob: trainjob_runtime"):
+        get_job_kind("pytorchjob").render(spec, load_config("paper"))

@@ -73,6 +73,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--extra-arg", action="append", default=[], help="appended to `gbcosface train`")
     p.add_argument("--image-pull-secret", action="append", default=[], help="imagePullSecrets of the job's pods")
+    p.add_argument("--trainjob-runtime", help="TrainJob: [ClusterTrainingRuntime|TrainingRuntime/]NAME "
+                                              "(default ClusterTrainingRuntime/gbcosface-torch)")
     p.add_argument("--termination-grace", type=int, default=300, help="terminationGracePeriodSeconds of the pods")
     p.add_argument("--cluster-profile", type=Path,
                    help="a cluster profile YAML (docs/kubernetes.md); its keys and defaults replace the flags above")
@@ -129,6 +131,7 @@ def _rendered(args: argparse.Namespace) -> Any:
         labels=dict(args.label),
         extra_args=list(args.extra_arg),
         image_pull_secrets=list(args.image_pull_secret),
+        trainjob_runtime=args.trainjob_runtime,
         termination_grace_period_seconds=args.termination_grace,
     )
     if args.cluster_profile:

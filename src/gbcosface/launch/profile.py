@@ -50,6 +50,7 @@ class ClusterProfile:
     s3_secret: str = "gbcosface-s3"  # "" for none
     priority_class: str | None = None
     queue: str | None = None
+    trainjob_runtime: str | None = None  # TrainJob only: "[KIND/]NAME" (default ClusterTrainingRuntime/gbcosface-torch)
     backoff_limit: int = 3
     ttl_seconds_after_finished: int = 86400
     stuck_pod_grace_s: float = 900.0
@@ -77,7 +78,7 @@ def _check(key: str, value: Any) -> Any:
     """The value for `key`, coerced where YAML is loose (a bare number for a quantity), or ProfileError."""
     quantities = {"cpu_request", "cpu_limit", "memory_request", "memory_limit", "data_scratch_size", "shm_size"}
     strings = {"gpu_resource", "nccl_socket_ifname", "service_account", "data_pvc", "s3_secret", "priority_class",
-               "queue"}
+               "queue", "trainjob_runtime"}
     ints = {"backoff_limit", "ttl_seconds_after_finished", "termination_grace_period_seconds"}
     if value is None:
         if key in quantities | strings - {"gpu_resource", "s3_secret"} or key == "tolerations":
@@ -152,6 +153,7 @@ def apply_profile(spec: JobSpec, profile: ClusterProfile) -> JobSpec:
         service_account=p.service_account, image_pull_secrets=list(p.image_pull_secrets),
         data_volume_claim=p.data_pvc, data_scratch_size=p.data_scratch_size, shm_size=p.shm_size,
         s3_secret_name=p.s3_secret or None, priority_class=p.priority_class, queue=p.queue,
+        trainjob_runtime=p.trainjob_runtime,
         backoff_limit=p.backoff_limit, ttl_seconds_after_finished=p.ttl_seconds_after_finished,
         termination_grace_period_seconds=p.termination_grace_period_seconds,
     )

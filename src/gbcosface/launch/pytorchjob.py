@@ -121,9 +121,18 @@ def _replica_specs(spec: JobSpec, template: k8s.V1PodTemplateSpec) -> dict[str, 
     return specs
 
 
+def _refused(spec: JobSpec) -> list[str]:
+    if spec.trainjob_runtime:
+        return ["trainjob_runtime: a PyTorchJob has no training runtime (it is a TrainJob setting)"]
+    return []
+
+
 def render_job(spec: JobSpec, config: TrainConfig) -> RenderedJob:
     """Build the PyTorchJob and ConfigMap for `config` (already resolved: overrides applied)."""
     spec.validate()
+    refused = _refused(spec)
+    if refused:
+        raise ValueError(f"job {spec.name!r} cannot be a PyTorchJob: " + "; ".join(refused))
     metrics_port = config.run.metrics_port if spec.metrics_port is None else spec.metrics_port
     labels = common.labels(spec)
     chash = config_hash(config)
@@ -167,7 +176,7 @@ class PyTorchJobKind:
         return render_job(spec, config)
 
     def refused(self, spec: JobSpec) -> list[str]:
-        return []  # every JobSpec field has a PyTorchJob spelling
+        return _refused(spec)
 
     def problems(self, job: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str]:
         from .validate import job_errors

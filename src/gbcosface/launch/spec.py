@@ -82,6 +82,7 @@ class JobSpec:
     elastic_max_nodes: int | None = None
     elastic_max_restarts: int | None = None
     queue: str | None = None  # PyTorchJob: runPolicy.schedulingPolicy.queue; TrainJob: the Kueue LocalQueue
+    trainjob_runtime: str | None = None  # TrainJob only: "[ClusterTrainingRuntime|TrainingRuntime/]NAME"
     min_available: int | None = None  # PyTorchJob only: gang size; defaults to all pods when a queue is set
     priority_class: str | None = None
     run_id: str | None = None  # recorded as a label

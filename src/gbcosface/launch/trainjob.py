@@ -84,6 +84,20 @@ def _refused(spec: JobSpec) -> list[str]:
     return out
 
 
+RUNTIME_KINDS = ("ClusterTrainingRuntime", "TrainingRuntime")
+
+
+def runtime_ref(spec: JobSpec) -> dict[str, str]:
+    """`spec.runtimeRef` from JobSpec.trainjob_runtime ("NAME" or "KIND/NAME"; default: our
+    ClusterTrainingRuntime). A namespaced TrainingRuntime must live in the TrainJob's namespace."""
+    text = spec.trainjob_runtime or RUNTIME_NAME
+    kind, _, name = text.rpartition("/")
+    kind = kind or RUNTIME_KIND
+    if kind not in RUNTIME_KINDS or not name:
+        raise ValueError(f"trainjob_runtime {text!r}: expected NAME or KIND/NAME with KIND one of {RUNTIME_KINDS}")
+    return {"apiGroup": GROUP, "kind": kind, "name": name}
+
+
 def _metrics_problem(spec: JobSpec, port: int) -> str | None:
     if port and (port != RUNTIME_FIXED["metrics_port"] or spec.nproc_per_node > RUNTIME_FIXED["metrics_ports"]):
         return (f"metrics_port: the runtime {RUNTIME_NAME} declares ports {RUNTIME_FIXED['metrics_port']}.."
@@ -97,6 +111,10 @@ def render_trainjob(spec: JobSpec, config: TrainConfig) -> RenderedJob:
     spec.validate()
     metrics_port = config.run.metrics_port if spec.metrics_port is None else spec.metrics_port
     refused = _refused(spec) + [p for p in [_metrics_problem(spec, metrics_port)] if p]
+    try:
+        runtime_ref(spec)
+    except ValueError as exc:
+        refused.append(str(exc))
     if refused:
         raise ValueError(f"job {spec.name!r} cannot be a TrainJob: " + "; ".join(refused))
     chash = config_hash(config)
@@ -153,7 +171,7 @@ def render_trainjob(spec: JobSpec, config: TrainConfig) -> RenderedJob:
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": job_labels,
                      "annotations": {CONFIG_HASH_ANNOTATION: chash, **spec.annotations}},
         "spec": {
-            "runtimeRef": {"apiGroup": GROUP, "kind": RUNTIME_KIND, "name": RUNTIME_NAME},
+            "runtimeRef": runtime_ref(spec),
             "trainer": trainer,
             "runtimePatches": [patch],
         },
