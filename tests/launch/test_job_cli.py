@@ -92,3 +92,63 @@ def test_submit_wait_delete_through_a_kubeconfig(kubeconfig, capsys):
     assert not api.cluster.jobs and not api.cluster.configmaps
     assert main(["job", "wait", "gbc-sub", *base, "--timeout", "5", "--poll", "0.05"]) == 1
     assert "no longer exists" in capsys.readouterr().err
+
+
+TRAINJOB_CRD = CRD_FILE.parent / "trainer.kubeflow.org_trainjobs.yaml"
+
+
+def test_render_a_trainjob_with_the_same_flags(tmp_path):
+    out = tmp_path / "tj.yaml"
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("image_pull_secrets: [regcred]\nnccl_socket_ifname: eth0\n")
+    code = main(["job", "render", "--kind", "trainjob", "--config", "paper", "--name", "gbc-cli", "--image", "img:1",
+                 "--nnodes", "2", "--nproc-per-node", "8", "--gpus-per-node", "8", "--cluster-profile", str(profile),
+                 "--crd", str(TRAINJOB_CRD), "-o", str(out), "run.seed=5"])
+    assert code == 0
+    cm, job = yaml.safe_load_all(out.read_text())
+    assert cm["kind"] == "ConfigMap" and job["kind"] == "TrainJob" and job["spec"]["trainer"]["numNodes"] == 2
+    assert from_dict(yaml.safe_load(cm["data"]["config.yaml"])).run.seed == 5
+    pod = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+        "template"]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # A setting a TrainJob cannot express is an error naming it, and the CRD check uses the kind's CRD.
+    assert main(["job", "render", "--kind", "trainjob", "--config", "demo", "--name", "gbc-x", "--image", "i",
+                 "--elastic-min", "1", "--elastic-max", "2"]) == 2
+    assert main(["job", "render", "--kind", "trainjob", "--config", "demo", "--name", "gbc-x", "--image", "i",
+                 "--env", "PET_NNODES=3"]) == 2
+
+
+@pytest.mark.integration  # starts real processes
+def test_local_runs_a_rendered_trainjob_manifest(tmp_path, capsys):
+    out = tmp_path / "tj.yaml"
+    assert main(["job", "render", "--kind", "trainjob", "--config", "demo", "--name", "gbc-man", "--image", "img:1",
+                 "--nnodes", "2", "--env", "MARK=from-manifest", "-o", str(out)]) == 0
+    cm, job = yaml.safe_load_all(out.read_text())
+    script = tmp_path / "s.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        cfg = sys.argv[sys.argv.index("--config") + 1]
+        print("node", os.environ["PET_NODE_RANK"], "of", os.environ["PET_NNODES"], os.environ["MARK"],
+              "config", os.path.isfile(cfg))
+    """))
+    job["spec"]["trainer"]["command"] = ["python", str(script), "--config", "/etc/gbcosface/config.yaml"]
+    out.write_text(yaml.safe_dump_all([cm, job]))
+    capsys.readouterr()
+    assert main(["job", "local", "--job", str(out), "--log-dir", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert "[node-0-1] node 1 of 2 from-manifest config True" in text and "gbc-man: Succeeded" in text
+    assert (tmp_path / "run" / "logs" / "gbc-man-node-0-0.log").is_file()
+    out.write_text(yaml.safe_dump(job))  # no ConfigMap: a clear error, no traceback
+    assert main(["job", "local", "--job", str(out)]) == 2
+    assert "expected one ConfigMap" in capsys.readouterr().err
+
+
+def test_submit_and_delete_a_trainjob_through_a_kubeconfig(kubeconfig, capsys):
+    api, path = kubeconfig
+    api.cluster.script = lambda job, n: [condition("Complete")]
+    code = main(["job", "submit", "--kind", "trainjob", "--config", "demo", "--name", "gbc-tj", "--image", "img:1",
+                 "--kubeconfig", path, "--wait", "--timeout", "60", "--poll", "0.05"])
+    assert code == 0
+    assert "TrainJob ns1/gbc-tj: Complete" in capsys.readouterr().out  # ns1: the kubeconfig context's namespace
+    assert main(["job", "delete", "--kind", "trainjob", "gbc-tj", "--kubeconfig", path]) == 0
+    assert not api.cluster.trainjobs and not api.cluster.configmaps

@@ -75,9 +75,10 @@ def test_submit_refuses_a_different_config_under_the_same_name(api, demo_job):
 def test_wait_returns_on_success(api, demo_job):
     client = _client(api)
     client.submit(demo_job)
-    api.cluster.script = _progress((1, [condition("Created")]),
-                                   (2, [condition("Created"), condition("Running")]),
-                                   (4, [condition("Created"), condition("Running"), condition("Succeeded")]))
+    # GET 1 is submit's own read of the created job (for its uid); the wait's polls come after.
+    api.cluster.script = _progress((2, [condition("Created")]),
+                                   (3, [condition("Created"), condition("Running")]),
+                                   (5, [condition("Created"), condition("Running"), condition("Succeeded")]))
     seen = []
     status = client.wait("gbc-test", timeout_s=60, poll_interval=0.05, on_status=lambda s: seen.append(s.phase))
     assert status.succeeded and status.phase == "Succeeded"

@@ -113,8 +113,12 @@ def test_rbac_grants_exactly_what_the_launcher_uses(tree):
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]}
     assert rules == {
         (("kubeflow.org",), ("pytorchjobs",)): sorted(["create", "get", "list", "watch", "delete"]),
-        (("",), ("pods", "pods/log")): ["get", "list"],
-        (("",), ("configmaps",)): sorted(["create", "get", "delete"]),
+        (("trainer.kubeflow.org",), ("trainjobs",)): sorted(["create", "get", "list", "watch", "delete"]),
+        (("",), ("configmaps",)): sorted(["create", "get", "patch", "delete"]),
+        (("",), ("pods",)): ["get", "list"],
+        (("",), ("pods/log",)): ["get"],
+        (("",), ("events",)): ["list"],
+        (("",), ("persistentvolumeclaims",)): ["get"],
     }
     binding = _one(docs, "RoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}

@@ -163,12 +163,14 @@ def _kubectl() -> str:
 
 
 @pytest.mark.integration
-def test_kustomize_renders_the_three_objects():
+def test_kustomize_renders_the_monitoring_objects():
     out = subprocess.run(
         [_kubectl(), "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=120, check=True
     ).stdout
     docs = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
     assert set(docs) == {"PodMonitor", "PrometheusRule", "ConfigMap"}
+    monitors = [d["metadata"]["name"] for d in yaml.safe_load_all(out) if d and d["kind"] == "PodMonitor"]
+    assert sorted(monitors) == ["gbcosface-training", "gbcosface-training-trainjob"]
     cm = docs["ConfigMap"]
     assert cm["metadata"]["name"] == "gbcosface-grafana-dashboard"
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -226,3 +228,108 @@ def test_local_prometheus_config(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     checked_in = yaml.safe_load(LOCAL_CONFIG.read_text())
     assert checked_in == yaml.safe_load(render_config(["127.0.0.1:9400", "127.0.0.1:9401"]))
+
+
+PODMONITOR_TRAINJOB = MONITORING / "podmonitor-trainjob.yaml"
+
+
+def _trainjob_pod_labels(nproc: int) -> dict[str, str]:
+    """A TrainJob pod's labels: what the rendered runtime patch puts on it plus JobSet's own."""
+    from gbcosface.config import load_config
+    from gbcosface.launch.kinds import get_job_kind
+    from gbcosface.launch.spec import JobSpec
+
+    job = get_job_kind("trainjob").render(JobSpec(name="tj", image="i", nproc_per_node=nproc), load_config("demo")).job
+    rjob = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    labels = dict(rjob["template"]["spec"]["template"]["metadata"]["labels"])
+    labels.update({"jobset.sigs.k8s.io/jobset-name": "tj", "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                   "jobset.sigs.k8s.io/job-index": "0", "batch.kubernetes.io/job-completion-index": "1"})
+    return labels
+
+
+def test_trainjob_podmonitor_matches_the_crd_schema():
+    assert validate(load(PODMONITOR_TRAINJOB), "monitoring.coreos.com_podmonitors.yaml") == []
+
+
+def test_each_podmonitor_selects_its_own_kinds_pods_only():
+    pytorch_sel = load(PODMONITOR)["spec"]["selector"]
+    trainjob_sel = load(PODMONITOR_TRAINJOB)["spec"]["selector"]
+    tj = _trainjob_pod_labels(8)
+    assert selects(trainjob_sel, tj) and not selects(pytorch_sel, tj)
+    assert selects(pytorch_sel, MASTER_POD_LABELS) and not selects(trainjob_sel, MASTER_POD_LABELS)
+    other = {"jobset.sigs.k8s.io/jobset-name": "someone-elses-jobset"}
+    assert not selects(trainjob_sel, other)
+
+
+def _kept(rule: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Prometheus keep semantics: source label values joined by the separator, regex fully anchored."""
+    value = rule.get("separator", ";").join(labels.get(s, "") for s in rule["sourceLabels"])
+    return re.fullmatch(rule["regex"], value) is not None
+
+
+def test_trainjob_podmonitor_scrapes_only_the_ports_of_existing_local_ranks():
+    (endpoint,) = load(PODMONITOR_TRAINJOB)["spec"]["podMetricsEndpoints"]
+    (keep,) = [r for r in endpoint["relabelings"] if r.get("action") == "keep"]
+    runtime = yaml.safe_load((REPO / "k8s/runtimes/cluster/clustertrainingruntime.yaml").read_text())
+    (container,) = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+        "containers"]
+    ports = [p["name"] for p in container["ports"]]
+    assert ports == ["metrics"] + [f"metrics-{i}" for i in range(1, 8)]
+    for nproc in range(1, 9):
+        ranks = _trainjob_pod_labels(nproc)["gbcosface/local-ranks"]
+        kept = [p for p in ports + ["nccl", "metricsx"] if _kept(keep, {
+            "__meta_kubernetes_pod_label_gbcosface_local_ranks": ranks,
+            "__meta_kubernetes_pod_container_port_name": p})]
+        assert kept == ports[:nproc], nproc
+    targets = {r.get("targetLabel"): r.get("sourceLabels") for r in endpoint["relabelings"]}
+    assert targets["kubeflow_job"] == ["__meta_kubernetes_pod_label_jobset_sigs_k8s_io_jobset_name"]
+    assert targets["replica_index"] == ["__meta_kubernetes_pod_label_batch_kubernetes_io_job_completion_index"]
+    assert [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"] == [
+        {"targetLabel": "job", "replacement": "gbcosface"}]
+
+
+def _relabel_config(rule: dict[str, Any]) -> dict[str, Any]:
+    """A PodMonitor relabeling (camelCase) as Prometheus' relabel_config (snake_case)."""
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    return {keys.get(k, k): v for k, v in rule.items()}
+
+
+@pytest.mark.integration
+def test_a_real_prometheus_keeps_the_trainjob_targets_the_podmonitor_means(tmp_path):
+    """The TrainJob PodMonitor's relabelings in a real Prometheus, on static targets that carry the
+    pod and port meta labels Kubernetes service discovery would give a 2-process node: only the ports
+    of local ranks 0 and 1 are kept, labelled as the rules and dashboard expect."""
+    import time
+
+    from gbcosface.monitoring.prometheus_local import PrometheusServer
+
+    (endpoint,) = load(PODMONITOR_TRAINJOB)["spec"]["podMetricsEndpoints"]
+    meta = {"__meta_kubernetes_pod_label_gbcosface_local_ranks": "2",
+            "__meta_kubernetes_pod_label_jobset_sigs_k8s_io_jobset_name": "tj",
+            "__meta_kubernetes_pod_label_jobset_sigs_k8s_io_replicatedjob_name": "node",
+            "__meta_kubernetes_pod_label_batch_kubernetes_io_job_completion_index": "1",
+            "__meta_kubernetes_pod_node_name": "gpu-node-7"}
+    ports = ["metrics"] + [f"metrics-{i}" for i in range(1, 8)] + ["nccl"]
+    static = [{"targets": [f"127.0.0.1:{19400 + i}"],
+               "labels": {**meta, "__meta_kubernetes_pod_container_port_name": name}} for i, name in enumerate(ports)]
+    server = PrometheusServer([], tmp_path, rules_from=None)
+    server.config_path.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "5s", "scrape_timeout": "1s"},
+        "scrape_configs": [{"job_name": "podmonitor-trainjob", "metrics_path": endpoint["path"],
+                            "static_configs": static,
+                            "relabel_configs": [_relabel_config(r) for r in endpoint["relabelings"]]}],
+    }))
+    with server:  # starts it, and stops it on the way out
+        deadline = time.monotonic() + 60
+        while True:
+            data = server.api("targets", state="any")
+            if len(data["activeTargets"]) + len(data["droppedTargets"]) == len(ports) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    active = sorted(data["activeTargets"], key=lambda t: t["labels"]["instance"])
+    assert [t["labels"]["instance"] for t in active] == ["127.0.0.1:19400", "127.0.0.1:19401"]
+    assert len(data["droppedTargets"]) == len(ports) - 2
+    for t in active:
+        labels = t["labels"]
+        assert (labels["job"], labels["kubeflow_job"], labels["replica_type"], labels["replica_index"],
+                labels["kubernetes_node"]) == ("gbcosface", "tj", "node", "1", "gpu-node-7")

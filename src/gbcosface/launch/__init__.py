@@ -1,4 +1,4 @@
-"""PyTorchJob rendering, submission and local emulation (see docs/kubernetes.md).
+"""PyTorchJob and TrainJob rendering, submission and local emulation (see docs/kubernetes.md).
 
 Why lazy exports: the local emulator (used by the demo and by tests) needs neither the
 Kubernetes client nor the kubeflow-training SDK, so importing `gbcosface.launch` must not pull
@@ -11,13 +11,22 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "JobSpec": "pytorchjob",
-    "RenderedJob": "pytorchjob",
+    "JobSpec": "spec",
+    "RenderedJob": "spec",
     "render_job": "pytorchjob",
-    "configmap_name": "pytorchjob",
+    "render_trainjob": "trainjob",
+    "configmap_name": "spec",
+    "JobKind": "kinds",
+    "JOB_KINDS": "kinds",
+    "get_job_kind": "kinds",
+    "JobStatus": "kinds",
+    "ClusterProfile": "profile",
+    "parse_cluster_profile": "profile",
+    "apply_profile": "profile",
+    "default_namespace": "namespace",
     "JobClient": "client",
-    "JobStatus": "client",
     "JobError": "client",
+    "JobStuckError": "client",
     "JobFailedError": "client",
     "JobTimeoutError": "client",
     "JobCancelledError": "client",

@@ -1,8 +1,8 @@
-"""`gbcosface job render|submit|wait|logs|delete|local`.
+"""`gbcosface job render|submit|wait|logs|delete|local`, for PyTorchJobs and TrainJobs (`--kind`).
 
 Why one verb group: the same JobSpec options render a manifest for `kubectl apply`, submit it
 through the SDK, or (with `local`) run the same command under the emulator, so a person can move
-between the three without translating flags.
+between the three without translating flags; `--kind` picks the operator (launch/kinds.py).
 """
 
 from __future__ import annotations
@@ -23,13 +23,22 @@ def _kv(text: str) -> tuple[str, str]:
     return key, value
 
 
+KINDS = ("pytorchjob", "trainjob")
+
+
+def _add_kind_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=KINDS, default="pytorchjob",
+                   help="PyTorchJob (Training Operator v1) or TrainJob (Kubeflow Trainer v2)")
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    _add_kind_arg(p)
     p.add_argument("--config", required=True, help="training config YAML (or a recipe name: paper, demo)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, resolved into the ConfigMap")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--name", help="job name (DNS-1035, <= 48 characters)")
     who.add_argument("--run-id", help="derive a run-scoped job name from a pipeline run id")
-    p.add_argument("--namespace", default="default")
+    p.add_argument("--namespace", default="", help="default: the pod's namespace, the kubeconfig context's, or default")
     p.add_argument("--image", required=True, help="trainer image (pin it by digest)")
     p.add_argument("--image-pull-policy", default="IfNotPresent")
     p.add_argument("--nnodes", type=int, default=1, help="pods: 1 Master + nnodes-1 Workers")
@@ -63,15 +72,24 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priority-class")
     p.add_argument("--label", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--extra-arg", action="append", default=[], help="appended to `gbcosface train`")
-    p.add_argument("--crd", type=Path, help="validate against this PyTorchJob CRD file before output")
+    p.add_argument("--image-pull-secret", action="append", default=[], help="imagePullSecrets of the job's pods")
+    p.add_argument("--trainjob-runtime", help="TrainJob: [ClusterTrainingRuntime|TrainingRuntime/]NAME "
+                                              "(default ClusterTrainingRuntime/gbcosface-torch)")
+    p.add_argument("--termination-grace", type=int, default=300, help="terminationGracePeriodSeconds of the pods")
+    p.add_argument("--cluster-profile", type=Path,
+                   help="a cluster profile YAML (docs/kubernetes.md); its keys and defaults replace the flags above")
+    p.add_argument("--crd", type=Path, help="validate against this CRD file (of the chosen kind) before output")
 
 
 def _rendered(args: argparse.Namespace) -> Any:
     from gbcosface.config import load_config
 
+    from .kinds import get_job_kind
     from .names import job_name_for_run
-    from .pytorchjob import JobSpec, render_job
-    from .validate import check_job, load_crd_schema
+    from .namespace import default_namespace
+    from .profile import apply_profile, parse_cluster_profile
+    from .spec import JobSpec
+    from .validate import JobValidationError, load_crd_schema
 
     cfg = load_config(args.config, args.overrides)
     nccl = {"NCCL_DEBUG": "WARN", **dict(args.nccl_env)}
@@ -80,7 +98,7 @@ def _rendered(args: argparse.Namespace) -> Any:
         name=args.name or job_name_for_run(args.run_id),
         run_id=args.run_id,
         image=args.image,
-        namespace=args.namespace,
+        namespace=default_namespace(args.namespace, kubeconfig=getattr(args, "kubeconfig", None)),
         nnodes=args.nnodes,
         nproc_per_node=args.nproc_per_node,
         image_pull_policy=args.image_pull_policy,
@@ -112,9 +130,18 @@ def _rendered(args: argparse.Namespace) -> Any:
         priority_class=args.priority_class,
         labels=dict(args.label),
         extra_args=list(args.extra_arg),
+        image_pull_secrets=list(args.image_pull_secret),
+        trainjob_runtime=args.trainjob_runtime,
+        termination_grace_period_seconds=args.termination_grace,
     )
-    rendered = render_job(spec, cfg)
-    check_job(rendered.job, load_crd_schema(args.crd) if args.crd else None)
+    if args.cluster_profile:
+        spec = apply_profile(spec, parse_cluster_profile(args.cluster_profile.read_text()))
+    kind = get_job_kind(args.kind)
+    rendered = kind.render(spec, cfg)
+    schema = load_crd_schema(args.crd, kind.crd_version()) if args.crd else None
+    errors = kind.problems(rendered.job, schema)
+    if errors:
+        raise JobValidationError(errors, kind.kind)
     return rendered
 
 
@@ -134,8 +161,10 @@ def _render(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Any:
     from .client import JobClient
+    from .namespace import default_namespace
 
-    return JobClient(namespace=args.namespace, config_file=args.kubeconfig, context=args.context)
+    return JobClient(namespace=default_namespace(args.namespace or "", kubeconfig=args.kubeconfig),
+                     config_file=args.kubeconfig, context=args.context, kind=args.kind)
 
 
 def _report(fn: Any) -> int:
@@ -184,12 +213,45 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_from_manifest(args: argparse.Namespace) -> Any:
+    """Plan the emulation of a rendered manifest (`gbcosface job render` output): its kind decides."""
+    import yaml
+
+    from .kinds import get_job_kind
+    from .local import run_plan
+
+    docs = [d for d in yaml.safe_load_all(Path(args.job).read_text()) if d]
+    configmaps = [d for d in docs if d.get("kind") == "ConfigMap"]
+    jobs = [d for d in docs if d.get("kind") in ("PyTorchJob", "TrainJob")]
+    if len(jobs) != 1 or len(configmaps) != 1:
+        raise ValueError(f"{args.job}: expected one ConfigMap and one PyTorchJob or TrainJob, found "
+                         f"{[d.get('kind') for d in docs]}")
+    kind = get_job_kind(jobs[0]["kind"])
+    work = Path(args.log_dir or Path(args.job).with_suffix("")).resolve()
+    plan = kind.plan(jobs[0], configmaps[0], work)
+    if args.max_restarts_set:
+        plan.max_restarts = args.max_restarts
+    plan.env.update(dict(args.env))
+    if args.timeout:
+        plan.timeout_s = args.timeout
+    return run_plan(plan, log_dir=work / "logs")
+
+
 def _local(args: argparse.Namespace) -> int:
     from .contract import split_command
     from .local import run_local_job
 
+    args.max_restarts_set = args.max_restarts is not None
+    args.max_restarts = args.max_restarts or 0
+    if args.job:
+        try:
+            result = _local_from_manifest(args)
+        except (ValueError, KeyError) as exc:
+            print(f"gbcosface job local: {exc}", file=sys.stderr)
+            return 2
+        return _print_local(result)
     if args.command_line is None and args.config is None:
-        print("gbcosface job local: --config or --command is required", file=sys.stderr)
+        print("gbcosface job local: --job, --config or --command is required", file=sys.stderr)
         return 2
     result = run_local_job(
         replicas=args.replicas,
@@ -202,7 +264,12 @@ def _local(args: argparse.Namespace) -> int:
         job_name=args.job_name,
         extra_env=dict(args.env),
         timeout_s=args.timeout,
+        kind=args.kind,
     )
+    return _print_local(result)
+
+
+def _print_local(result: Any) -> int:
     for i, attempt in enumerate(result.attempts):
         print(f"attempt {i}: {attempt.reason}; exit codes {dict(zip(result.replica_names, attempt.exit_codes, strict=True))}")
     print(f"{result.job_name}: {'Succeeded' if result.succeeded else 'Failed'} (logs in {result.log_dir})")
@@ -211,19 +278,21 @@ def _local(args: argparse.Namespace) -> int:
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: ~/.kube/config or in-cluster)")
+    if not any(a.dest == "kind" for a in p._actions):
+        _add_kind_arg(p)
     p.add_argument("--context")
 
 
 def register(subparsers: Any) -> None:
-    job = subparsers.add_parser("job", help="render, submit, watch and clean up PyTorchJobs; run one locally")
+    job = subparsers.add_parser("job", help="render, submit, watch and clean up PyTorchJobs/TrainJobs; run one locally")
     verbs = job.add_subparsers(dest="job_verb", metavar="VERB", required=True)
 
-    r = verbs.add_parser("render", help="write the ConfigMap + PyTorchJob as multi-document YAML")
+    r = verbs.add_parser("render", help="write the ConfigMap + job (PyTorchJob or TrainJob) as multi-document YAML")
     _add_spec_args(r)
     r.add_argument("-o", "--output", help="output file (default stdout)")
     r.set_defaults(func=_render)
 
-    s = verbs.add_parser("submit", help="create the ConfigMap + PyTorchJob in a cluster")
+    s = verbs.add_parser("submit", help="create the ConfigMap + job in a cluster")
     _add_spec_args(s)
     _add_cluster_args(s)
     s.add_argument("--wait", action="store_true", help="wait for the job to finish (deleted on timeout or Ctrl-C)")
@@ -236,7 +305,7 @@ def register(subparsers: Any) -> None:
                            ("delete", "delete a job and its ConfigMap")):
         v = verbs.add_parser(verb, help=helptext)
         v.add_argument("name")
-        v.add_argument("--namespace", default="default")
+        v.add_argument("--namespace", default="", help="default: the pod's or the kubeconfig context's")
         _add_cluster_args(v)
         if verb == "wait":
             v.add_argument("--timeout", type=float, required=True)
@@ -246,15 +315,18 @@ def register(subparsers: Any) -> None:
             v.add_argument("--tail", type=int)
         v.set_defaults(func={"wait": _wait, "logs": _logs, "delete": _delete}[verb])
 
-    lo = verbs.add_parser("local", help="emulate the PyTorchJob on this machine: one process per replica")
-    lo.add_argument("--replicas", type=int, default=2, help="pods to emulate (1 Master + replicas-1 Workers)")
+    lo = verbs.add_parser("local", help="emulate the job on this machine: one process per replica (node)")
+    _add_kind_arg(lo)
+    lo.add_argument("--job", help="a rendered manifest (`job render` output): emulate exactly it, of its kind")
+    lo.add_argument("--replicas", type=int, default=2, help="pods to emulate (nodes; PyTorchJob: 1 Master + Workers)")
     lo.add_argument("--nproc-per-node", type=int, default=1)
     lo.add_argument("--config", help="training config YAML (or a recipe name: demo, paper)")
     lo.add_argument("--command", dest="command_line",
                     help="run this command in each replica instead of the trainer (a leading torchrun/python "
                          "maps to this interpreter)")
     lo.add_argument("--log-dir", help="per-replica log files (default: a new temporary directory)")
-    lo.add_argument("--max-restarts", type=int, default=0, help="restarts of the whole set (the job's backoffLimit)")
+    lo.add_argument("--max-restarts", type=int, default=None,
+                    help="restarts of the whole set (default: the manifest's backoffLimit with --job, else 0)")
     lo.add_argument("--job-name", default="gbcosface-local")
     lo.add_argument("--env", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     lo.add_argument("--timeout", type=float, help="kill the job after this many seconds (activeDeadlineSeconds)")

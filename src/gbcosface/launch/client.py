@@ -1,14 +1,19 @@
-"""Submit, watch, stream, and clean up a PyTorchJob through the kubeflow-training SDK.
+"""Submit, watch, stream, and clean up a training job (PyTorchJob or TrainJob), one lifecycle for both.
 
-Why a wrapper around `TrainingClient`:
+Why a wrapper around the SDKs (kubeflow-training's `TrainingClient` for PyTorchJobs, the Kubernetes
+API for TrainJobs; what differs per kind is in `launch/kinds.py`):
 - a timeout that is really the one asked for: `wait_for_job_conditions` counts polling rounds
   (`round(wait_timeout / polling_interval)`) and ignores the time each request takes, so it can
-  overrun badly on a slow API server; `wait` here polls `get_job` against a monotonic deadline;
-- the ConfigMap that carries the training config is created before the job and deleted with it;
+  overrun badly on a slow API server; `wait` here polls the job against a monotonic deadline;
+- stuck pods (image pull errors, unschedulable, crash loops, failed mounts, OOM kills) fail the
+  wait after a grace period with the pod, the reason and the message, instead of waiting for days;
+- the ConfigMap that carries the training config is created before the job, then owned by it
+  (ownerReferences), so the garbage collector removes it with the job;
 - a failure is reported with the job's conditions and the tail of the leader's log, which is
   what one needs to see in the pipeline step's log, not "job failed";
 - cancellation (Ctrl-C, or SIGTERM when KFP cancels the step's pod) deletes the job, so a
-  cancelled run does not leave GPUs busy;
+  cancelled run does not leave GPUs busy; a finished job (failed or succeeded) is kept for
+  inspection until its TTL, and `cleanup` (the exit handler) deletes only an unfinished one;
 - a resubmission of the same run (a retried pipeline step) attaches to the existing job instead
   of failing, provided it carries the same config.
 """
@@ -16,25 +21,32 @@ Why a wrapper around `TrainingClient`:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubeflow.training import TrainingClient
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from . import contract
 from ._signals import Terminated, sigterm_raises
-from .pytorchjob import CONFIG_HASH_ANNOTATION, RenderedJob, configmap_name
+from .kinds import JobKind, JobStatus, get_job_kind
+from .pods import PodProblem, StuckWatch, pod_problems
+from .spec import CONFIG_HASH_ANNOTATION, RenderedJob, configmap_name, to_dict
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("Succeeded", "Failed")
+__all__ = ["JobClient", "JobStatus", "JobError", "JobFailedError", "JobStuckError", "JobTimeoutError",
+           "JobCancelledError", "JobConflictError", "default_sink"]
+
+#: How long a stuck pod (see launch/pods.py) may stay stuck before the wait fails.
+DEFAULT_STUCK_POD_GRACE_S = 900.0
+#: Access modes a PVC shared by the pods of several nodes needs.
+SHARED_ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany")
 
 
 class JobError(RuntimeError):
@@ -51,6 +63,14 @@ class JobFailedError(JobError):
         self.log_tail = log_tail
 
 
+class JobStuckError(JobFailedError):
+    """A pod of the job stayed stuck (e.g. ImagePullBackOff) for longer than the grace period."""
+
+    def __init__(self, message: str, problem: PodProblem, status: JobStatus | None = None, log_tail: str = ""):
+        super().__init__(message, status, log_tail)
+        self.problem = problem
+
+
 class JobTimeoutError(JobError):
     pass
 
@@ -63,55 +83,8 @@ class JobConflictError(JobError):
     """A job or ConfigMap of that name exists with a different config."""
 
 
-@dataclass
-class JobStatus:
-    name: str
-    namespace: str
-    conditions: list[dict[str, Any]] = field(default_factory=list)
-    replica_statuses: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def phase(self) -> str:
-        """The type of the latest true condition (Created, Running, Restarting, Succeeded,
-        Failed), or Pending before the operator has reconciled the job."""
-        true = [c for c in self.conditions if c.get("status") == "True"]
-        return true[-1]["type"] if true else "Pending"
-
-    @property
-    def succeeded(self) -> bool:
-        return any(c.get("type") == "Succeeded" and c.get("status") == "True" for c in self.conditions)
-
-    @property
-    def failed(self) -> bool:
-        return any(c.get("type") == "Failed" and c.get("status") == "True" for c in self.conditions)
-
-    @property
-    def finished(self) -> bool:
-        return self.succeeded or self.failed
-
-    def describe(self) -> str:
-        lines = [f"PyTorchJob {self.namespace}/{self.name}: {self.phase}"]
-        for c in self.conditions:
-            lines.append(f"  {c.get('type')}={c.get('status')} reason={c.get('reason')} {c.get('message') or ''}".rstrip())
-        return "\n".join(lines)
-
-    @classmethod
-    def from_model(cls, job: Any) -> JobStatus:
-        conditions = []
-        replica_statuses: dict[str, Any] = {}
-        status = getattr(job, "status", None)
-        if status is not None:
-            for c in status.conditions or []:
-                conditions.append(
-                    {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
-                )
-            for rtype, rs in (status.replica_statuses or {}).items():
-                replica_statuses[rtype] = {"active": rs.active, "succeeded": rs.succeeded, "failed": rs.failed}
-        return cls(job.metadata.name, job.metadata.namespace, conditions, replica_statuses)
-
-
 def _api_status(exc: BaseException) -> int | None:
-    """The HTTP status behind an SDK error (the SDK wraps ApiException in RuntimeError)."""
+    """The HTTP status behind an SDK error (kubeflow-training wraps ApiException in RuntimeError)."""
     for err in (exc, exc.__cause__):
         if isinstance(err, ApiException):
             return err.status
@@ -128,8 +101,18 @@ def _parse_ts(text: str) -> int | None:
         return None
 
 
+@dataclass
+class KubeApis:
+    """The API clients a JobKind calls (one connection configuration)."""
+
+    core: k8s.CoreV1Api
+    custom: k8s.CustomObjectsApi
+    training: Any  # kubeflow.training.TrainingClient
+    request_timeout: float
+
+
 class JobClient:
-    """PyTorchJob operations for one namespace. `client_configuration` is for tests and
+    """Job operations for one namespace and one kind. `client_configuration` is for tests and
     explicit clusters; otherwise kubeconfig or the in-cluster service account is used."""
 
     def __init__(
@@ -139,67 +122,149 @@ class JobClient:
         config_file: str | None = None,
         context: str | None = None,
         request_timeout: float = 30.0,
+        kind: str | JobKind = "pytorchjob",
+        stuck_pod_grace_s: float = DEFAULT_STUCK_POD_GRACE_S,
     ):
+        from kubeflow.training import TrainingClient
+
         self.namespace = namespace
         self.request_timeout = request_timeout
+        self.kind: JobKind = get_job_kind(kind) if isinstance(kind, str) else kind
+        self.stuck_pod_grace_s = stuck_pod_grace_s
+        if client_configuration is None and config_file is None:
+            config_file = os.environ.get("KUBECONFIG") or None  # read now: the library read it at import
         self.training = TrainingClient(
             config_file=config_file, context=context, client_configuration=client_configuration,
             namespace=namespace,
         )
         self.core: k8s.CoreV1Api = self.training.core_api
+        self.apis = KubeApis(self.core, k8s.CustomObjectsApi(self.core.api_client), self.training, request_timeout)
+
+    def _label(self, name: str, ns: str) -> str:
+        return f"{self.kind.kind} {ns}/{name}"
 
     # -- create -----------------------------------------------------------------------------
     def submit(self, rendered: RenderedJob, exist_ok: bool = True) -> None:
-        """Create the ConfigMap, then the PyTorchJob (which mounts it)."""
-        name = rendered.job["metadata"]["name"]
+        """Create the ConfigMap, then the job (which mounts it), then make the job the ConfigMap's
+        owner. Why this order: the pods find their config at once (no FailedMount while it is
+        missing), and the garbage collector still deletes the ConfigMap with the job."""
+        if rendered.kind != self.kind.name:
+            raise JobError(f"a rendered {rendered.kind} cannot be submitted by a {self.kind.name} client")
+        name = rendered.name
         ns = rendered.job["metadata"].get("namespace") or self.namespace
-        cm = rendered.configmap_model
+        self.check_data_claim(rendered, ns)
+        cm = rendered.configmap
+        cm_name = cm["metadata"]["name"]
         try:
             self.core.create_namespaced_config_map(ns, cm, _request_timeout=self.request_timeout)
         except ApiException as exc:
             if exc.status != 409 or not exist_ok:
-                raise JobError(f"cannot create ConfigMap {ns}/{cm.metadata.name}: {exc.status} {exc.reason}") from exc
-            existing = self.core.read_namespaced_config_map(cm.metadata.name, ns, _request_timeout=self.request_timeout)
-            if (existing.data or {}) != (cm.data or {}):
+                raise JobError(f"cannot create ConfigMap {ns}/{cm_name}: {exc.status} {exc.reason}") from exc
+            existing = self.core.read_namespaced_config_map(cm_name, ns, _request_timeout=self.request_timeout)
+            if (existing.data or {}) != (cm.get("data") or {}):
                 raise JobConflictError(
-                    f"ConfigMap {ns}/{cm.metadata.name} exists with a different config; delete the old job first"
+                    f"ConfigMap {ns}/{cm_name} exists with a different config; delete the old job first"
                 ) from exc
         try:
-            self.training.create_job(job=rendered.job_model, namespace=ns)
-        except RuntimeError as exc:
+            created = self.kind.create(self.apis, rendered, ns)
+        except Exception as exc:  # noqa: BLE001 - SDK errors wrap ApiException; 409 means attach
             if _api_status(exc) != 409 or not exist_ok:
-                raise JobError(f"cannot create PyTorchJob {ns}/{name}: {exc}") from exc
-            existing = self.training.get_job(name, ns, timeout=self.request_timeout)
+                raise JobError(f"cannot create {self._label(name, ns)}: {exc}") from exc
+            created = self.kind.get(self.apis, name, ns, self.request_timeout)
             want = rendered.job["metadata"].get("annotations", {}).get(CONFIG_HASH_ANNOTATION)
-            have = (existing.metadata.annotations or {}).get(CONFIG_HASH_ANNOTATION)
+            have = ((created.get("metadata") or {}).get("annotations") or {}).get(CONFIG_HASH_ANNOTATION)
             if want != have:
-                raise JobConflictError(f"PyTorchJob {ns}/{name} exists with config {have}, not {want}") from exc
-            log.info("PyTorchJob %s/%s already exists with the same config: attaching to it", ns, name)
+                raise JobConflictError(f"{self._label(name, ns)} exists with config {have}, not {want}") from exc
+            log.info("%s already exists with the same config: attaching to it", self._label(name, ns))
+        else:
+            log.info("created %s", self._label(name, ns))
+        self._own_configmap(cm_name, ns, created)
+
+    def _own_configmap(self, cm_name: str, ns: str, job: dict[str, Any]) -> None:
+        meta = job.get("metadata") or {}
+        if not meta.get("uid"):
+            log.warning("%s has no uid yet: ConfigMap %s left without an owner", self.kind.kind, cm_name)
             return
-        log.info("created PyTorchJob %s/%s", ns, name)
+        owner = {"apiVersion": self.kind.api_version, "kind": self.kind.kind, "name": meta["name"],
+                 "uid": meta["uid"], "controller": False, "blockOwnerDeletion": False}
+        body = {"metadata": {"ownerReferences": [owner]}}
+        try:
+            self.core.patch_namespaced_config_map(cm_name, ns, body, _request_timeout=self.request_timeout)
+        except ApiException as exc:
+            # The job runs either way; only the garbage collection of its ConfigMap is at stake.
+            log.warning("could not make %s the owner of ConfigMap %s/%s: %s %s", self.kind.kind, ns, cm_name,
+                        exc.status, exc.reason)
+
+    def check_data_claim(self, rendered: RenderedJob, ns: str) -> None:
+        """A data PVC mounted by the pods of several nodes must be ReadOnlyMany or ReadWriteMany
+        (a ReadWriteOnce volume attaches to one node: the other pods would hang in FailedMount).
+        Checked where the client may read the claim; a 403 only warns."""
+        if rendered.nnodes < 2:
+            return
+        for claim in _claims(rendered.job):
+            try:
+                pvc = self.core.read_namespaced_persistent_volume_claim(claim, ns, _request_timeout=self.request_timeout)
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise JobError(f"data volume claim {ns}/{claim} does not exist") from exc
+                log.warning("cannot read PersistentVolumeClaim %s/%s (%s %s): its access modes are unchecked",
+                            ns, claim, exc.status, exc.reason)
+                continue
+            modes = list(pvc.spec.access_modes or []) if pvc.spec else []
+            if not set(modes) & set(SHARED_ACCESS_MODES):
+                raise JobError(f"data volume claim {ns}/{claim} has access modes {modes}: pods on "
+                               f"{rendered.nnodes} nodes need ReadOnlyMany or ReadWriteMany")
 
     # -- read -------------------------------------------------------------------------------
-    def status(self, name: str, namespace: str | None = None, timeout: float | None = None) -> JobStatus:
-        job = self.training.get_job(name, namespace or self.namespace, timeout=timeout or self.request_timeout)
-        return JobStatus.from_model(job)
+    def get(self, name: str, namespace: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        return self.kind.get(self.apis, name, namespace or self.namespace, timeout or self.request_timeout)
 
-    def leader_pod(self, name: str, namespace: str | None = None) -> str:
-        """The pod whose log tells the story: the Master, or Worker 0 in an elastic job."""
+    def status(self, name: str, namespace: str | None = None, timeout: float | None = None) -> JobStatus:
+        return self.kind.status(self.get(name, namespace, timeout))
+
+    def pods(self, name: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        ns = namespace or self.namespace
+        resp = self.core.list_namespaced_pod(ns, label_selector=self.kind.pod_selector(name),
+                                             _request_timeout=self.request_timeout)
+        return [to_dict(p) for p in resp.items]
+
+    def pod_events(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        ns = namespace or self.namespace
+        resp = self.core.list_namespaced_event(ns, field_selector="involvedObject.kind=Pod",
+                                               _request_timeout=self.request_timeout)
+        return [to_dict(e) for e in resp.items]
+
+    def stuck_pods(self, name: str, namespace: str | None = None) -> list[PodProblem]:
+        """What keeps the job's pods from running now (launch/pods.py)."""
+        ns = namespace or self.namespace
+        pods = self.pods(name, ns)
+        if not pods:
+            return []
+        # Events only say more about pods that are not running yet (FailedMount, FailedScheduling).
+        waiting = any((p.get("status") or {}).get("phase") == "Pending" for p in pods)
+        return pod_problems(pods, self.pod_events(ns) if waiting else [])
+
+    def leader_pod(self, name: str, namespace: str | None = None) -> str | None:
+        """The pod whose log tells the story (node rank 0), or None while there is none."""
+        ns = namespace or self.namespace
         try:
-            job = self.training.get_job(name, namespace or self.namespace, timeout=self.request_timeout)
-            specs = job.spec.pytorch_replica_specs or {}
-            if contract.MASTER not in specs and contract.WORKER in specs:
-                return f"{name}-worker-0"
-        except (RuntimeError, TimeoutError):
-            pass
-        return f"{name}-master-0"
+            job = self.get(name, ns)
+        except Exception:  # noqa: BLE001 - a PyTorchJob's leader has a fixed name even then
+            job = {"metadata": {"name": name}, "spec": {}}
+        try:
+            pods = self.pods(name, ns) if self.kind.name != "pytorchjob" else []
+        except Exception:  # noqa: BLE001
+            pods = []
+        return self.kind.leader_pod(job, pods)
 
     def logs(self, name: str, namespace: str | None = None, tail_lines: int | None = None, pod: str | None = None) -> str:
         ns = namespace or self.namespace
         pod = pod or self.leader_pod(name, ns)
+        if pod is None:
+            return "(no pod of node rank 0 yet)"
         # Raw bytes: the generated client would otherwise try to parse a log line as JSON.
         resp = self.core.read_namespaced_pod_log(
-            pod, ns, container=contract.CONTAINER_NAME, tail_lines=tail_lines,
+            pod, ns, container=self.kind.container_name, tail_lines=tail_lines,
             _request_timeout=self.request_timeout, _preload_content=False,
         )
         return resp.data.decode("utf-8", errors="replace")
@@ -215,31 +280,33 @@ class JobClient:
     ) -> None:
         """Stream the leader pod's log to `sink` until `stop` is set or the job finishes.
 
-        Reconnects when the stream ends (a container restart under restartPolicy OnFailure, an
-        API server hiccup); asks for timestamps and drops lines already seen, so a reconnect does
-        not print a line twice.
+        Reconnects when the stream ends (a container restart, an API server hiccup, a TrainJob's
+        node 0 recreated under a new name); asks for timestamps and drops lines already seen, so a
+        reconnect does not print a line twice.
         """
         ns = namespace or self.namespace
         stop = stop or threading.Event()
-        pod = pod or self.leader_pod(name, ns)
-        sink = sink or default_sink(pod)
+        fixed_pod = pod
         last_ts: int | None = None
         last_seen = time.monotonic()
         while not stop.is_set():
-            try:
-                phase = self.core.read_namespaced_pod(pod, ns, _request_timeout=self.request_timeout).status.phase
-            except Exception as exc:  # noqa: BLE001 - not there yet (404) or an API hiccup: ask again
-                log.debug("reading pod %s: %s", pod, exc)
-                phase = None
+            pod = fixed_pod or self.leader_pod(name, ns)
+            phase = None
+            if pod is not None:
+                try:
+                    phase = self.core.read_namespaced_pod(pod, ns, _request_timeout=self.request_timeout).status.phase
+                except Exception as exc:  # noqa: BLE001 - not there yet (404) or an API hiccup: ask again
+                    log.debug("reading pod %s: %s", pod, exc)
             if phase not in ("Running", "Succeeded", "Failed"):
                 if self._finished_quietly(name, ns):
                     return
                 stop.wait(poll_interval)
                 continue
+            out = sink or default_sink(pod)
             since = None if last_ts is None else int(time.monotonic() - last_seen) + 5
             try:
                 resp = self.core.read_namespaced_pod_log(
-                    pod, ns, container=contract.CONTAINER_NAME, follow=True, timestamps=True,
+                    pod, ns, container=self.kind.container_name, follow=True, timestamps=True,
                     since_seconds=since, _preload_content=False,
                 )
                 for line in _iter_lines(resp, stop):
@@ -249,7 +316,7 @@ class JobClient:
                         continue
                     last_ts = ts if ts is not None else last_ts
                     last_seen = time.monotonic()
-                    sink(text if ts is not None else line)
+                    out(text if ts is not None else line)
                 resp.release_conn()
             except ApiException as exc:
                 log.debug("log stream of %s: %s", pod, exc)
@@ -262,7 +329,7 @@ class JobClient:
     def _finished_quietly(self, name: str, ns: str) -> bool:
         try:
             return self.status(name, ns).finished
-        except (RuntimeError, TimeoutError):
+        except Exception:  # noqa: BLE001
             return False
 
     # -- wait -------------------------------------------------------------------------------
@@ -274,31 +341,36 @@ class JobClient:
         poll_interval: float = 10.0,
         on_status: Callable[[JobStatus], None] | None = None,
         log_tail_lines: int = 50,
+        stuck_pod_grace_s: float | None = None,
     ) -> JobStatus:
         """Poll until the job succeeds (return its status) or fails (raise JobFailedError with
-        the conditions and the leader's log tail), or until `timeout_s` passes (JobTimeoutError).
+        the conditions and the leader's log tail), until one of its pods has been stuck for
+        `stuck_pod_grace_s` (JobStuckError naming the pod, reason and message), or until
+        `timeout_s` passes (JobTimeoutError).
 
         API errors are retried until the deadline; a job that disappears (404) is a failure.
         """
         ns = namespace or self.namespace
+        label = self._label(name, ns)
         deadline = time.monotonic() + timeout_s
+        watch = StuckWatch(self.stuck_pod_grace_s if stuck_pod_grace_s is None else stuck_pod_grace_s)
         last: JobStatus | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise JobTimeoutError(
-                    f"PyTorchJob {ns}/{name} did not finish within {timeout_s:g} s"
-                    + (f" (last state: {last.phase})" if last else ""), last,
+                    f"{label} did not finish within {timeout_s:g} s" + (f" (last state: {last.phase})" if last else ""),
+                    last,
                 )
             try:
                 current = self.status(name, ns, timeout=max(0.1, min(self.request_timeout, remaining)))
-            except (RuntimeError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - SDK and urllib3 errors alike: retry until the deadline
                 if _api_status(exc) == 404:
-                    raise JobFailedError(f"PyTorchJob {ns}/{name} no longer exists (deleted?)", last) from exc
-                log.warning("reading PyTorchJob %s/%s: %s (retrying)", ns, name, exc)
+                    raise JobFailedError(f"{label} no longer exists (deleted?)", last) from exc
+                log.warning("reading %s: %s (retrying)", label, exc)
             else:
                 if last is None or current.phase != last.phase:
-                    log.info("PyTorchJob %s/%s: %s", ns, name, current.phase)
+                    log.info("%s: %s", label, current.phase)
                 last = current
                 if on_status:
                     on_status(current)
@@ -308,7 +380,25 @@ class JobClient:
                     tail = self._log_tail(name, ns, log_tail_lines)
                     raise JobFailedError(f"{current.describe()}\n--- last {log_tail_lines} log lines ---\n{tail}",
                                          current, tail)
+                self._check_stuck(name, ns, watch, current, log_tail_lines)
             time.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
+
+    def _check_stuck(self, name: str, ns: str, watch: StuckWatch, current: JobStatus, tail_lines: int) -> None:
+        try:
+            problems = self.stuck_pods(name, ns)
+        except Exception as exc:  # noqa: BLE001 - no pods/events permission or a hiccup: keep waiting
+            log.debug("reading the pods of %s: %s", name, exc)
+            return
+        for p in problems:
+            log.warning("%s: %s", self._label(name, ns), p.describe())
+        stuck = watch.update(problems, time.monotonic())
+        if stuck is not None:
+            tail = self._log_tail(name, ns, tail_lines) if stuck.reason in ("CrashLoopBackOff", "OOMKilled") else ""
+            raise JobStuckError(
+                f"{self._label(name, ns)} is stuck: {stuck.describe()} (for more than {watch.grace_s:g} s)"
+                + (f"\n--- last {tail_lines} log lines ---\n{tail}" if tail else ""),
+                stuck, current, tail,
+            )
 
     def _log_tail(self, name: str, ns: str, lines: int) -> str:
         try:
@@ -318,14 +408,15 @@ class JobClient:
 
     # -- delete -----------------------------------------------------------------------------
     def delete(self, name: str, namespace: str | None = None, missing_ok: bool = True) -> bool:
-        """Delete the PyTorchJob (its pods and services follow by garbage collection) and its
-        ConfigMap. Returns whether the job existed."""
+        """Delete the job (its pods follow by garbage collection) and its ConfigMap (owned by the
+        job, deleted explicitly too in case the owner reference could not be set). Returns whether
+        the job existed."""
         ns = namespace or self.namespace
         existed = True
         try:
-            self.training.delete_job(name, ns, delete_options=k8s.V1DeleteOptions(propagation_policy="Background"))
-            log.info("deleted PyTorchJob %s/%s", ns, name)
-        except RuntimeError as exc:
+            self.kind.delete(self.apis, name, ns)
+            log.info("deleted %s", self._label(name, ns))
+        except Exception as exc:  # noqa: BLE001 - SDK errors wrap ApiException
             if _api_status(exc) != 404 or not missing_ok:
                 raise
             existed = False
@@ -336,12 +427,27 @@ class JobClient:
                 raise
         return existed
 
+    def cleanup(self, name: str, namespace: str | None = None) -> str:
+        """The exit handler's cleanup: delete the job only while it is unfinished (a cancelled or
+        failed step left it running); a finished job stays for inspection until its TTL."""
+        ns = namespace or self.namespace
+        try:
+            status = self.status(name, ns)
+        except Exception as exc:  # noqa: BLE001
+            if _api_status(exc) == 404:
+                return f"no {self._label(name, ns)} left"
+            raise
+        if status.finished:
+            return f"{self._label(name, ns)} is {status.phase}: kept for inspection until its TTL"
+        self.delete(name, ns)
+        return f"deleted unfinished {self._label(name, ns)} (was {status.phase})"
+
     def _delete_quietly(self, name: str, ns: str) -> None:
         """Cleanup on the way out must not hide why we are leaving (a timeout, a cancel)."""
         try:
             self.delete(name, ns)
         except Exception as exc:  # noqa: BLE001
-            log.error("could not delete PyTorchJob %s/%s: %s (delete it by hand)", ns, name, exc)
+            log.error("could not delete %s: %s (delete it by hand)", self._label(name, ns), exc)
 
     # -- all together -----------------------------------------------------------------------
     def run(
@@ -352,10 +458,12 @@ class JobClient:
         stream_logs: bool = True,
         log_sink: Callable[[str], None] | None = None,
         delete_on_timeout: bool = True,
+        stuck_pod_grace_s: float | None = None,
     ) -> JobStatus:
         """Submit, stream the leader's log, wait; delete the job if cancelled (KeyboardInterrupt,
-        SIGTERM) or timed out. A failed job is kept for inspection (its TTL removes it)."""
-        name = rendered.job["metadata"]["name"]
+        SIGTERM), timed out or stuck (its pods would otherwise hold GPUs or retry forever). A
+        failed job is kept for inspection (its TTL removes it)."""
+        name = rendered.name
         ns = rendered.job["metadata"].get("namespace") or self.namespace
         stop = threading.Event()
         follower = None
@@ -368,19 +476,37 @@ class JobClient:
                         name=f"logs-{name}", daemon=True,
                     )
                     follower.start()
-                return self.wait(name, timeout_s, ns, poll_interval=poll_interval)
+                return self.wait(name, timeout_s, ns, poll_interval=poll_interval, stuck_pod_grace_s=stuck_pod_grace_s)
             except JobTimeoutError:
                 if delete_on_timeout:
                     self._delete_quietly(name, ns)
                 raise
-            except (KeyboardInterrupt, Terminated) as exc:
-                log.warning("cancelled: deleting PyTorchJob %s/%s", ns, name)
+            except JobStuckError:
                 self._delete_quietly(name, ns)
-                raise JobCancelledError(f"PyTorchJob {ns}/{name} cancelled and deleted") from exc
+                raise
+            except (KeyboardInterrupt, Terminated) as exc:
+                log.warning("cancelled: deleting %s", self._label(name, ns))
+                self._delete_quietly(name, ns)
+                raise JobCancelledError(f"{self._label(name, ns)} cancelled and deleted") from exc
             finally:
                 stop.set()
                 if follower is not None:
                     follower.join(timeout=poll_interval)
+
+
+def _claims(obj: Any) -> list[str]:
+    """Every persistentVolumeClaim.claimName in a manifest (any kind, any nesting)."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        pvc = obj.get("persistentVolumeClaim")
+        if isinstance(pvc, dict) and pvc.get("claimName"):
+            found.append(pvc["claimName"])
+        for value in obj.values():
+            found += _claims(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            found += _claims(value)
+    return sorted(set(found))
 
 
 def _iter_lines(resp: Any, stop: threading.Event) -> Iterator[str]:

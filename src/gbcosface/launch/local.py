@@ -1,4 +1,4 @@
-"""A PyTorchJob on one machine: one process per replica on loopback, with the operator's environment.
+"""A PyTorchJob or TrainJob on one machine: one process per replica on loopback, with the operator's env.
 
 Why emulate rather than call torchrun once with --nnodes: the point is to run, without a cluster,
 exactly what each pod runs, so the demo and the tests exercise the same path as a cluster job:
@@ -9,8 +9,13 @@ job-level restart behaviour: under restartPolicy OnFailure a failed pod is resta
 others, whose rendezvous or collectives break, fail and restart too, so the emulator kills every
 replica and restarts the whole set, at most `max_restarts` times (the job's backoffLimit).
 
-Logs: each replica's stdout+stderr goes to `<log_dir>/<job>-<master|worker>-<i>.log` (every
-attempt appended under a header) and, prefixed with `[master-0]` etc., to this process's stdout.
+A TrainJob (`kind="trainjob"`) is emulated the same way with the torch plugin's environment
+(`launch/trainjob_env.py`: PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR,
+PET_MASTER_PORT) and the JobSet's whole-set restart (failurePolicy.maxRestarts); its nodes are named
+`<job>-node-0-<i>`.
+
+Logs: each replica's stdout+stderr goes to `<log_dir>/<replica name>.log` (every attempt appended
+under a header) and, prefixed with `[master-0]`, `[node-0-1]` etc., to this process's stdout.
 
 Variables that a parent torchrun or an outer job may have set (PET_*, TORCHELASTIC_*, LOCAL_RANK,
 GROUP_RANK, ...) are removed from the inherited environment, since a pod would not have them.
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import contract
+from . import contract, trainjob_env
 from ._signals import Terminated, sigterm_raises
 
 log = logging.getLogger(__name__)
@@ -44,8 +49,10 @@ _SCRUB_PREFIXES = ("PET_", "TORCHELASTIC_")
 _SCRUB_NAMES = {
     "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_NAME",
     "ROLE_WORLD_SIZE", "TORCH_NCCL_ASYNC_ERROR_HANDLING_SET_BY_AGENT",
-    *contract.OPERATOR_ENV_NAMES,
+    *contract.OPERATOR_ENV_NAMES, *trainjob_env.INJECTED_ENV_NAMES,
 }
+#: The job kinds the emulator knows (their names as in `launch/kinds.py`).
+LOCAL_KINDS = ("pytorchjob", "trainjob")
 
 
 @dataclass
@@ -91,6 +98,29 @@ def replica_type_index(node_rank: int) -> tuple[str, int]:
     return (contract.MASTER, 0) if node_rank == 0 else (contract.WORKER, node_rank - 1)
 
 
+def _check_kind(kind: str) -> str:
+    if kind not in LOCAL_KINDS:
+        raise ValueError(f"the emulator runs job kinds {LOCAL_KINDS}, not {kind!r}")
+    return kind
+
+
+def injected_env(kind: str, job_name: str, replicas: int, nproc_per_node: int, node_rank: int,
+                 master_port: int) -> dict[str, str]:
+    """What the kind's operator injects into node `node_rank`, with the master on loopback."""
+    if _check_kind(kind) == "trainjob":
+        return trainjob_env.injected_env(job_name, node_rank, replicas, nproc_per_node, master=LOOPBACK,
+                                         master_port=master_port)
+    rtype, index = replica_type_index(node_rank)
+    return contract.operator_env(job_name, rtype, index, replicas, nproc_per_node, master_addr=LOOPBACK,
+                                 master_port=master_port)
+
+
+def local_replica_names(kind: str, job_name: str, replicas: int) -> list[str]:
+    if _check_kind(kind) == "trainjob":
+        return trainjob_env.replica_names(job_name, replicas)
+    return contract.replica_names(job_name, replicas)
+
+
 def replica_env(
     job_name: str,
     replicas: int,
@@ -99,15 +129,13 @@ def replica_env(
     master_port: int,
     base_env: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str] | None = None,
+    kind: str = "pytorchjob",
 ) -> dict[str, str]:
     """The environment of one emulated pod: inherited (scrubbed) + pod env + operator env."""
     base = os.environ if base_env is None else base_env
     env = {k: v for k, v in base.items() if k not in _SCRUB_NAMES and not k.startswith(_SCRUB_PREFIXES)}
     env.update(contract.pod_env(job_name, extra_env))
-    rtype, index = replica_type_index(node_rank)
-    env.update(
-        contract.operator_env(job_name, rtype, index, replicas, nproc_per_node, master_addr=LOOPBACK, master_port=master_port)
-    )
+    env.update(injected_env(kind, job_name, replicas, nproc_per_node, node_rank, master_port))
     return env
 
 
@@ -205,13 +233,16 @@ def run_local_job(
     poll_interval: float = 0.1,
     grace_s: float = 10.0,
     metrics_base_port: int | None = None,
+    kind: str = "pytorchjob",
 ) -> LocalJobResult:
     """Run `replicas` pods' worth of processes; return when all exit 0 (success), or when an
     attempt fails and `max_restarts` are used up, or when `timeout_s` (the job's
     activeDeadlineSeconds) passes. `command` replaces the trainer command (a leading `torchrun` or
     `python` maps to this interpreter); without it `config` is required. `echo`: True copies the
     replicas' output to `sys.stdout` (as it is at call time), a stream copies it there, False not.
+    `kind`: whose environment and replica names ("pytorchjob" or "trainjob").
     """
+    _check_kind(kind)
     if replicas < 1 or nproc_per_node < 1:
         raise ValueError(f"replicas and nproc_per_node must be >= 1, got {replicas} and {nproc_per_node}")
     if max_restarts < 0:
@@ -230,7 +261,7 @@ def run_local_job(
     stream: IO[str] | None = sys.stdout if echo is True else (echo or None)
     out_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"{job_name}-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = contract.replica_names(job_name, replicas)
+    names = local_replica_names(kind, job_name, replicas)
     result = LocalJobResult(job_name=job_name, succeeded=False, log_dir=out_dir, replica_names=names)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
@@ -242,7 +273,7 @@ def run_local_job(
             reps: list[_Replica] = []
             try:
                 for rank, name in enumerate(names):
-                    env = replica_env(job_name, replicas, nproc_per_node, rank, port, base_env, extra_env)
+                    env = replica_env(job_name, replicas, nproc_per_node, rank, port, base_env, extra_env, kind)
                     if metrics_base_port:
                         env[METRICS_BASE_PORT_ENV] = str(metrics_base_port + rank * nproc_per_node)
                     short = name[len(job_name) + 1:]
@@ -283,7 +314,7 @@ def _watch(reps: list[_Replica], deadline: float | None, poll_interval: float) -
 
 @dataclass
 class LocalPlan:
-    """What the emulator needs, read off a rendered PyTorchJob (see `plan_from_job`)."""
+    """What the emulator needs, read off a rendered job (`JobKind.plan`; `plan_from_job` for PyTorchJobs)."""
 
     job_name: str
     replicas: int
@@ -292,6 +323,7 @@ class LocalPlan:
     env: dict[str, str]
     max_restarts: int
     timeout_s: float | None
+    kind: str = "pytorchjob"
 
 
 def plan_from_job(job: Mapping, configmap: Mapping, work_dir: str | Path) -> LocalPlan:
@@ -323,5 +355,5 @@ def run_plan(plan: LocalPlan, **kwargs: Any) -> LocalJobResult:
     """`run_local_job` with everything a LocalPlan fixes; `kwargs` for log_dir, echo, cwd, ..."""
     return run_local_job(
         replicas=plan.replicas, nproc_per_node=plan.nproc_per_node, command=plan.command, job_name=plan.job_name,
-        extra_env=plan.env, max_restarts=plan.max_restarts, timeout_s=plan.timeout_s, **kwargs,
+        extra_env=plan.env, max_restarts=plan.max_restarts, timeout_s=plan.timeout_s, kind=plan.kind, **kwargs,
     )

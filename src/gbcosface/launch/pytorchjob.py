@@ -17,11 +17,9 @@ Shape of the job (see docs/kubernetes.md):
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import yaml
 from kubeflow.training import (
     KubeflowOrgV1ElasticPolicy,
     KubeflowOrgV1PyTorchJob,
@@ -35,175 +33,23 @@ from kubernetes import client as k8s
 from gbcosface.config import TrainConfig, config_hash, to_yaml
 
 from . import contract
-from .names import check_job_name, label_value
+from . import spec as common
+from .spec import (  # noqa: F401 - re-exported: the names this module has always had
+    BASE_LABELS,
+    CLEAN_POD_POLICIES,
+    CONFIG_HASH_ANNOTATION,
+    ISTIO_INJECT,
+    RUN_ID_LABEL,
+    S3_ENV_KEYS,
+    JobSpec,
+    RenderedJob,
+    configmap_name,
+)
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
-
-ISTIO_INJECT = "sidecar.istio.io/inject"
-RUN_ID_LABEL = "gbcosface/run-id"
-CONFIG_HASH_ANNOTATION = "gbcosface/config-hash"
-BASE_LABELS = {
-    "app.kubernetes.io/name": "gbcosface",
-    "app.kubernetes.io/component": "training",
-    "app.kubernetes.io/managed-by": "gbcosface",
-}
-S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
-CLEAN_POD_POLICIES = ("None", "Running", "All")
-_QUANTITY = re.compile(
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-
-
-@dataclass
-class JobSpec:
-    """Everything about the job that is not the training config. Defaults suit one GPU node."""
-
-    name: str
-    image: str
-    namespace: str = "default"
-    nnodes: int = 1
-    nproc_per_node: int = 1
-    image_pull_policy: str = "IfNotPresent"
-    gpus_per_node: int = 0
-    gpu_resource: str = "nvidia.com/gpu"
-    cpu_request: str | None = None
-    cpu_limit: str | None = None
-    memory_request: str | None = None
-    memory_limit: str | None = None
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)  # Kubernetes JSON shape
-    shm_size: str | None = "16Gi"  # None: no /dev/shm volume
-    nccl_env: dict[str, str] = field(default_factory=lambda: {"NCCL_DEBUG": "WARN"})
-    nccl_socket_ifname: str | None = None  # e.g. "eth0"; also sets GLOO_SOCKET_IFNAME
-    env: dict[str, str] = field(default_factory=dict)
-    s3_secret_name: str | None = None  # Secret with AWS_ACCESS_KEY_ID / _SECRET_ACCESS_KEY / _ENDPOINT_URL
-    service_account: str | None = None
-    data_volume_claim: str | None = None  # a PVC with the training data, mounted read-only
-    data_mount_path: str = "/data"
-    data_scratch_size: str | None = None  # without a PVC: a disk emptyDir at data_mount_path for staging
-    metrics_port: int | None = None  # None: the config's run.metrics_port; 0: no metrics ports
-    master_port: int = contract.DEFAULT_MASTER_PORT
-    clean_pod_policy: str = "Running"
-    ttl_seconds_after_finished: int | None = 86400
-    backoff_limit: int = 3
-    active_deadline_seconds: int | None = None
-    elastic_min_nodes: int | None = None  # set both min and max for an elastic (Worker-only) job
-    elastic_max_nodes: int | None = None
-    elastic_max_restarts: int | None = None
-    queue: str | None = None  # runPolicy.schedulingPolicy.queue (Volcano / scheduler-plugins)
-    min_available: int | None = None  # gang size; defaults to all pods when a queue is set
-    priority_class: str | None = None
-    run_id: str | None = None  # recorded as a label
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    pod_annotations: dict[str, str] = field(default_factory=dict)
-    extra_args: list[str] = field(default_factory=list)  # appended to `gbcosface train`
-    run_as_user: int = 1000
-    run_as_group: int = 1000
-    fs_group: int = 1000
-
-    @property
-    def elastic(self) -> bool:
-        return self.elastic_min_nodes is not None or self.elastic_max_nodes is not None
-
-    def validate(self) -> None:
-        """Raise ValueError naming every problem (before anything is sent to a cluster)."""
-        problems: list[str] = []
-        try:
-            check_job_name(self.name)
-        except ValueError as exc:
-            problems.append(str(exc))
-        if not self.image:
-            problems.append("image is required")
-        if self.nnodes < 1:
-            problems.append(f"nnodes must be >= 1, got {self.nnodes}")
-        if self.nproc_per_node < 1:
-            problems.append(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
-        if self.gpus_per_node < 0:
-            problems.append(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
-        if 0 < self.gpus_per_node < self.nproc_per_node:
-            problems.append(f"nproc_per_node {self.nproc_per_node} exceeds gpus_per_node {self.gpus_per_node}")
-        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-            problems.append(f"image_pull_policy {self.image_pull_policy!r} is not Always, IfNotPresent or Never")
-        if self.clean_pod_policy not in CLEAN_POD_POLICIES:
-            problems.append(f"clean_pod_policy {self.clean_pod_policy!r} is not one of {CLEAN_POD_POLICIES}")
-        for key in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size"):
-            value = getattr(self, key)
-            if value is not None and not _QUANTITY.match(str(value)):
-                problems.append(f"{key} {value!r} is not a Kubernetes quantity")
-        if self.backoff_limit < 0:
-            problems.append("backoff_limit must be >= 0")
-        if self.active_deadline_seconds is not None and self.active_deadline_seconds <= 0:
-            problems.append("active_deadline_seconds must be positive")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535 - self.nproc_per_node:
-            problems.append(f"metrics_port {self.metrics_port} leaves no room for {self.nproc_per_node} ports")
-        if self.elastic:
-            lo, hi = self.elastic_min_nodes, self.elastic_max_nodes
-            if lo is None or hi is None:
-                problems.append("an elastic job needs both elastic_min_nodes and elastic_max_nodes")
-            elif not 1 <= lo <= self.nnodes <= hi:
-                problems.append(f"elastic bounds need 1 <= min ({lo}) <= nnodes ({self.nnodes}) <= max ({hi})")
-        if self.min_available is not None and not 1 <= self.min_available <= self.nnodes:
-            problems.append(f"min_available must be within 1..{self.nnodes}, got {self.min_available}")
-        if problems:
-            raise ValueError(f"job {self.name!r}: " + "; ".join(problems))
-
-
-@dataclass
-class RenderedJob:
-    """The PyTorchJob and its ConfigMap, both as SDK objects (to submit) and as plain dicts."""
-
-    job_model: KubeflowOrgV1PyTorchJob
-    configmap_model: k8s.V1ConfigMap
-    job: dict[str, Any]
-    configmap: dict[str, Any]
-
-    def to_yaml(self) -> str:
-        """Multi-document YAML, ConfigMap first so that `kubectl apply -f` creates it before the pods."""
-        return yaml.dump_all([self.configmap, self.job], Dumper=_ManifestDumper, sort_keys=False)
-
-
-class _ManifestDumper(yaml.SafeDumper):
-    """Readable manifests: multi-line strings (the config) as literal blocks, no YAML anchors."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
-    style = "|" if "\n" in text else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
-
-
-_ManifestDumper.add_representer(str, _str)
-
-
-def configmap_name(job_name: str) -> str:
-    return f"{job_name}-config"
-
-
-def _labels(spec: JobSpec) -> dict[str, str]:
-    labels = dict(BASE_LABELS)
-    if spec.run_id:
-        labels[RUN_ID_LABEL] = label_value(spec.run_id)
-    labels.update(spec.labels)
-    return labels
-
-
-def _env(spec: JobSpec) -> list[k8s.V1EnvVar]:
-    plain = dict(spec.nccl_env)
-    if spec.nccl_socket_ifname:
-        plain["NCCL_SOCKET_IFNAME"] = spec.nccl_socket_ifname
-        plain["GLOO_SOCKET_IFNAME"] = spec.nccl_socket_ifname
-    plain.update(spec.env)
-    env = [k8s.V1EnvVar(name=k, value=v) for k, v in contract.pod_env(spec.name, plain).items()]
-    if spec.s3_secret_name:
-        for key in S3_ENV_KEYS:
-            ref = k8s.V1SecretKeySelector(name=spec.s3_secret_name, key=key, optional=True)
-            env.append(k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
-    return env
-
+#: The JobKind name (`get_job_kind("pytorchjob")`, `--kind pytorchjob`).
+NAME = "pytorchjob"
 
 def _ports(spec: JobSpec, metrics_port: int) -> list[k8s.V1ContainerPort]:
     ports = [k8s.V1ContainerPort(name=contract.MASTER_PORT_NAME, container_port=spec.master_port, protocol="TCP")]
@@ -215,86 +61,34 @@ def _ports(spec: JobSpec, metrics_port: int) -> list[k8s.V1ContainerPort]:
     return ports
 
 
-def _resources(spec: JobSpec) -> k8s.V1ResourceRequirements | None:
-    requests = {k: v for k, v in (("cpu", spec.cpu_request), ("memory", spec.memory_request)) if v}
-    limits = {k: v for k, v in (("cpu", spec.cpu_limit), ("memory", spec.memory_limit)) if v}
-    if spec.gpus_per_node:
-        # Extended resources cannot be overcommitted: request and limit must be equal.
-        requests[spec.gpu_resource] = str(spec.gpus_per_node)
-        limits[spec.gpu_resource] = str(spec.gpus_per_node)
-    if not requests and not limits:
-        return None
-    return k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None)
-
-
-def _volumes(spec: JobSpec) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
-    cm = k8s.V1ConfigMapVolumeSource(
-        name=configmap_name(spec.name),
-        items=[k8s.V1KeyToPath(key=contract.CONFIG_KEY, path=contract.CONFIG_KEY)],
-    )
-    volumes = [k8s.V1Volume(name="config", config_map=cm)]
-    mounts = [k8s.V1VolumeMount(name="config", mount_path=contract.CONFIG_DIR, read_only=True)]
-    if spec.shm_size:
-        shm = k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.shm_size)
-        volumes.append(k8s.V1Volume(name="dshm", empty_dir=shm))
-        mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
-    if spec.data_volume_claim:
-        pvc = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=spec.data_volume_claim, read_only=True)
-        volumes.append(k8s.V1Volume(name="data", persistent_volume_claim=pvc))
-        mounts.append(k8s.V1VolumeMount(name="data", mount_path=spec.data_mount_path, read_only=True))
-    elif spec.data_scratch_size:
-        # The trainer stages the pinned dataset here (data.stage_from) before it trains.
-        scratch = k8s.V1EmptyDirVolumeSource(size_limit=spec.data_scratch_size)
-        volumes.append(k8s.V1Volume(name="data", empty_dir=scratch))
-        mounts.append(k8s.V1VolumeMount(name="data", mount_path=spec.data_mount_path))
-    return volumes, mounts
-
-
 def _pod_template(spec: JobSpec, metrics_port: int) -> k8s.V1PodTemplateSpec:
-    volumes, mounts = _volumes(spec)
+    vols, mounts = common.volumes(spec)
     flags = [f"--nproc-per-node={spec.nproc_per_node}"] if spec.elastic else []
     container = k8s.V1Container(
         name=contract.CONTAINER_NAME,
         image=spec.image,
         image_pull_policy=spec.image_pull_policy,
         command=contract.container_command(contract.CONFIG_PATH, spec.extra_args, flags),
-        env=_env(spec),
+        env=common.env_vars(spec),
         ports=_ports(spec, metrics_port),
-        resources=_resources(spec),
+        resources=common.resources(spec),
         volume_mounts=mounts,
-        security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False,
-            run_as_non_root=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-        ),
+        security_context=common.container_security(),
     )
-    tolerations = [k8s.V1Toleration(**_snake(t)) for t in spec.tolerations] or None
     pod = k8s.V1PodSpec(
         containers=[container],
-        volumes=volumes,
+        volumes=vols,
         service_account_name=spec.service_account,
         automount_service_account_token=False,
         node_selector=dict(spec.node_selector) or None,
-        tolerations=tolerations,
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=spec.run_as_user,
-            run_as_group=spec.run_as_group,
-            fs_group=spec.fs_group,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
+        tolerations=common.tolerations(spec),
+        image_pull_secrets=common.pull_secrets(spec),
+        termination_grace_period_seconds=spec.termination_grace_period_seconds,
+        security_context=common.pod_security(spec),
     )
-    annotations = {ISTIO_INJECT: "false", **spec.pod_annotations}
-    return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=_labels(spec), annotations=annotations), spec=pod)
-
-
-def _snake(toleration: dict[str, Any]) -> dict[str, Any]:
-    """Kubernetes JSON keys (tolerationSeconds) to the Python client's (toleration_seconds)."""
-    allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
-    unknown = set(toleration) - allowed
-    if unknown:
-        raise ValueError(f"toleration {toleration}: unknown keys {sorted(unknown)}")
-    return {re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k): v for k, v in toleration.items()}
+    return k8s.V1PodTemplateSpec(
+        metadata=k8s.V1ObjectMeta(labels=common.labels(spec), annotations=common.pod_annotations(spec)), spec=pod,
+    )
 
 
 def _run_policy(spec: JobSpec) -> KubeflowOrgV1RunPolicy:
@@ -327,22 +121,23 @@ def _replica_specs(spec: JobSpec, template: k8s.V1PodTemplateSpec) -> dict[str, 
     return specs
 
 
+def _refused(spec: JobSpec) -> list[str]:
+    if spec.trainjob_runtime:
+        return ["trainjob_runtime: a PyTorchJob has no training runtime (it is a TrainJob setting)"]
+    return []
+
+
 def render_job(spec: JobSpec, config: TrainConfig) -> RenderedJob:
     """Build the PyTorchJob and ConfigMap for `config` (already resolved: overrides applied)."""
     spec.validate()
+    refused = _refused(spec)
+    if refused:
+        raise ValueError(f"job {spec.name!r} cannot be a PyTorchJob: " + "; ".join(refused))
     metrics_port = config.run.metrics_port if spec.metrics_port is None else spec.metrics_port
-    labels = _labels(spec)
+    labels = common.labels(spec)
     chash = config_hash(config)
     annotations = {CONFIG_HASH_ANNOTATION: chash, **spec.annotations}
-    cm = k8s.V1ConfigMap(
-        api_version="v1",
-        kind="ConfigMap",
-        metadata=k8s.V1ObjectMeta(
-            name=configmap_name(spec.name), namespace=spec.namespace, labels=labels,
-            annotations={CONFIG_HASH_ANNOTATION: chash},
-        ),
-        data={contract.CONFIG_KEY: to_yaml(config)},
-    )
+    cm = common.configmap(spec, to_yaml(config), chash)
     elastic = None
     if spec.elastic:
         elastic = KubeflowOrgV1ElasticPolicy(
@@ -360,10 +155,76 @@ def render_job(spec: JobSpec, config: TrainConfig) -> RenderedJob:
             elastic_policy=elastic,
         ),
     )
-    api = k8s.ApiClient()
-    return RenderedJob(
-        job_model=job,
-        configmap_model=cm,
-        job=api.sanitize_for_serialization(job),
-        configmap=api.sanitize_for_serialization(cm),
-    )
+    return RenderedJob(kind=NAME, job=common.to_dict(job), configmap=common.to_dict(cm), job_model=job,
+                       configmap_model=cm, nnodes=spec.nnodes)
+
+
+#: Labels the Training Operator v1.9 puts on every pod of a PyTorchJob.
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+
+
+class PyTorchJobKind:
+    """The JobKind of the Training Operator v1 (see `launch/kinds.py`); SDK calls through
+    kubeflow-training's `TrainingClient`."""
+
+    name = NAME
+    kind = KIND
+    api_version = API_VERSION
+    container_name = contract.CONTAINER_NAME
+
+    def render(self, spec: JobSpec, config: TrainConfig) -> RenderedJob:
+        return render_job(spec, config)
+
+    def refused(self, spec: JobSpec) -> list[str]:
+        return _refused(spec)
+
+    def problems(self, job: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str]:
+        from .validate import job_errors
+
+        return job_errors(job, schema)
+
+    def crd_version(self) -> str:
+        return "v1"
+
+    def plan(self, job: Any, configmap: Any, work_dir: str | Path) -> Any:
+        from .local import plan_from_job
+
+        return plan_from_job(job, configmap, work_dir)
+
+    def create(self, apis: Any, job: RenderedJob, namespace: str) -> dict[str, Any]:
+        apis.training.create_job(job=job.job_model, namespace=namespace)
+        return self.get(apis, job.name, namespace, apis.request_timeout)
+
+    def get(self, apis: Any, name: str, namespace: str, timeout: float) -> dict[str, Any]:
+        return common.to_dict(apis.training.get_job(name, namespace, timeout=timeout))
+
+    def delete(self, apis: Any, name: str, namespace: str) -> None:
+        apis.training.delete_job(name, namespace, delete_options=k8s.V1DeleteOptions(propagation_policy="Background"))
+
+    def status(self, obj: Any) -> Any:
+        from .kinds import JobStatus
+
+        st = obj.get("status") or {}
+        conditions = [{k: c.get(k) for k in ("type", "status", "reason", "message")} for c in st.get("conditions") or []]
+        true = [c for c in conditions if c.get("status") == "True"]
+        meta = obj.get("metadata") or {}
+        return JobStatus(
+            name=meta.get("name", ""), namespace=meta.get("namespace", ""), kind=KIND,
+            phase=true[-1]["type"] if true else "Pending",
+            succeeded=any(c["type"] == "Succeeded" for c in true), failed=any(c["type"] == "Failed" for c in true),
+            conditions=conditions, replica_statuses=dict(st.get("replicaStatuses") or {}), uid=meta.get("uid"),
+        )
+
+    def pod_selector(self, name: str) -> str:
+        return f"{JOB_NAME_LABEL}={name}"
+
+    def leader_pod(self, obj: Any, pods: list[dict[str, Any]]) -> str | None:
+        """The Master, or Worker 0 in an elastic (Worker-only) job: names the operator fixes."""
+        name = obj["metadata"]["name"]
+        specs = (obj.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+        if contract.MASTER not in specs and contract.WORKER in specs:
+            return f"{name}-worker-0"
+        return f"{name}-master-0"
+
+
+PYTORCHJOB = PyTorchJobKind()

@@ -38,9 +38,9 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 class JobValidationError(ValueError):
     """A job that the CRD schema, the operator's webhook or the project's contract rejects."""
 
-    def __init__(self, errors: list[str]):
+    def __init__(self, errors: list[str], kind: str = "PyTorchJob"):
         self.errors = errors
-        super().__init__("invalid PyTorchJob:\n  " + "\n  ".join(errors))
+        super().__init__(f"invalid {kind}:\n  " + "\n  ".join(errors))
 
 
 def load_crd_schema(path: str | Path, version: str = "v1") -> dict[str, Any]:

@@ -1,21 +1,33 @@
-"""Train step: resolve the config, run the PyTorchJob (or its local emulation), fetch the backbone.
+"""Train step: resolve the config, run the training job (or its local emulation), fetch the backbone.
 
 Why the step owns the job's lifetime: the pipeline must not leave a training job running when the
-run is cancelled or times out; the job is named after the pipeline run, so a retry of the step
-attaches to the same job instead of starting a second one, and the exit handler can find it.
+run is cancelled or times out; the job is named after the pipeline run's unique id (built here, not
+in the DAG: a real KFP backend substitutes a placeholder only as a whole task input), so a retry of
+the step attaches to the same job instead of starting a second one, and the exit handler can find
+it. Either kind (`job_kind`: pytorchjob | trainjob) runs under either launcher: "kubeflow" (a
+cluster) or "local" (the emulator, one process per node with the operator's environment). The
+cluster-specific settings come from one YAML cluster profile (gbcosface.launch.profile).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gbcosface.launch.profile import ClusterProfile
+    from gbcosface.launch.spec import JobSpec
+
+import yaml
 
 from gbcosface.config import TrainConfig, config_hash, load_config, to_yaml
 from gbcosface.lineage import Lineage, code_version
+from gbcosface.steps.runs import run_uri as make_run_uri
 from gbcosface.steps.stage import data_cache_dir
 from gbcosface.storage import get_bytes, join_uri, put_bytes, read_manifest
 
@@ -39,22 +51,38 @@ def resolve_config(*, recipe: str, overrides: list[str], data_root: str, data_so
     ])
 
 
+LAUNCHERS = ("kubeflow", "local", "local-containers")
+JOB_KINDS = ("pytorchjob", "trainjob")
+#: The step's own default deadline when timeout_s is 0 (a week: big runs take days).
+DEFAULT_TIMEOUT_S = 7 * 24 * 3600
+
+
+def _is_local(launcher: str) -> bool:
+    return launcher.startswith("local")
+
+
 def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run_id: str, output_uri: str,
                 work_dir: str, endpoint_url: str = "", launcher: str = "kubeflow", job_kind: str = "pytorchjob",
                 nnodes: int = 1, nproc_per_node: int = 1, gpus_per_node: int = 0, trainer_image: str = "",
                 namespace: str = "", cluster_profile: str = "", s3_secret: str = "", timeout_s: int = 0,
                 model_dir: str) -> dict[str, Any]:
     from gbcosface.launch.names import job_name_for_run
-    from gbcosface.steps.runs import run_uri as run_prefix
+    from gbcosface.launch.namespace import default_namespace
+    from gbcosface.launch.profile import parse_cluster_profile
 
-    run_uri = run_prefix(output_uri, run_id)
-    image = trainer_image
-    namespace = namespace or "default"
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {LAUNCHERS}, not {launcher!r}")
+    if job_kind not in JOB_KINDS:
+        raise ValueError(f"job_kind must be one of {JOB_KINDS}, not {job_kind!r}")
+    profile = parse_cluster_profile(cluster_profile)  # before any work: a typo fails the step at once
+    if s3_secret and "s3_secret" not in (yaml.safe_load(cluster_profile or "{}") or {}):
+        # The pipeline's `s3_secret` (what the steps use) is the job's too unless the profile names another.
+        profile = dataclasses.replace(profile, s3_secret=s3_secret)
+    run_uri = make_run_uri(output_uri, run_id)
     manifest = read_manifest(dataset_manifest)
     manifest_uri = join_uri(run_uri, "dataset", "manifest.json")
-    local = launcher == "local"
-    if launcher not in ("local", "kubeflow"):
-        raise ValueError(f"launcher must be 'local' or 'kubeflow', not {launcher!r}")
+    local = _is_local(launcher)
+    ns = default_namespace(namespace)
     data_root = str(data_cache_dir(work_dir).resolve()) if local else POD_DATA_DIR
     cfg = resolve_config(recipe=recipe, overrides=overrides, data_root=data_root,
                          data_source=manifest.source, manifest_uri=manifest_uri, run_uri=run_uri)
@@ -62,14 +90,14 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
     put_bytes(join_uri(run_uri, "config.yaml"), to_yaml(cfg).encode(), endpoint_url=endpoint)
     name = job_name_for_run(run_id)
     spec = job_spec(name=name, run_id=run_id, local=local, nnodes=nnodes, nproc_per_node=nproc_per_node,
-                    image=image, namespace=namespace, s3_secret=s3_secret, gpus_per_node=gpus_per_node,
-                    timeout_s=timeout_s)
+                    image=trainer_image, namespace=ns, gpus_per_node=gpus_per_node, timeout_s=timeout_s,
+                    profile=profile)
     if local:
-        _run_local(cfg, spec, work_dir=work_dir)
-        image_ref = f"local-emulation ({image})" if image else "local-emulation"
+        _run_local(cfg, spec, job_kind=job_kind, launcher=launcher, work_dir=work_dir)
+        image_ref = f"local-emulation ({trainer_image})" if trainer_image else "local-emulation"
     else:
-        _run_cluster(cfg, spec, timeout_s=timeout_s)
-        image_ref = image
+        _run_cluster(cfg, spec, job_kind=job_kind, timeout_s=timeout_s, stuck_pod_grace_s=profile.stuck_pod_grace_s)
+        image_ref = trainer_image
 
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,73 +109,87 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
     summary = json.loads(get_bytes(join_uri(cfg.run.output, "train_summary.json"), endpoint_url=endpoint))
     lineage = Lineage(run_id=run_id, config_hash=config_hash(cfg), dataset_manifest_hash=manifest.hash,
                       code_version=code_version(), image=image_ref, seed=cfg.run.seed)
-    metadata = {**lineage.as_dict(), "job_name": name, "launcher": launcher, "nnodes": nnodes,
-                "nproc_per_node": nproc_per_node, "train_summary": summary,
+    metadata = {**lineage.as_dict(), "job_name": name, "job_kind": job_kind, "namespace": ns, "launcher": launcher,
+                "nnodes": nnodes, "nproc_per_node": nproc_per_node, "train_summary": summary,
                 "config_uri": join_uri(run_uri, "config.yaml"), "train_output": cfg.run.output}
-    (out / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-    return {"lineage": lineage.as_dict(), "job_name": name, "summary": summary, "run_uri": run_uri}
+    tmp = out / ".metadata.json.tmp"
+    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, out / "metadata.json")
+    return {"lineage": lineage.as_dict(), "job_name": name, "job_kind": job_kind, "namespace": ns,
+            "run_uri": run_uri, "summary": summary}
 
 
 def job_spec(*, name: str, run_id: str, local: bool, nnodes: int, nproc_per_node: int, image: str,
-             namespace: str, s3_secret: str, gpus_per_node: int, timeout_s: int) -> Any:
-    """One JobSpec for both launchers: locally the rendered job itself is what the emulator runs."""
-    from gbcosface.launch.pytorchjob import JobSpec
+             namespace: str, gpus_per_node: int, timeout_s: int, profile: ClusterProfile | None = None) -> JobSpec:
+    """One JobSpec for both launchers: locally the rendered job itself is what the emulator runs.
+    The cluster profile supplies what the cluster needs; locally GPUs, volumes and secrets are moot."""
+    from gbcosface.launch.profile import ClusterProfile, apply_profile
+    from gbcosface.launch.spec import JobSpec
 
-    return JobSpec(
-        name=name, image=image or "gbcosface-trainer:local", namespace=namespace, nnodes=nnodes,
-        nproc_per_node=nproc_per_node, gpus_per_node=0 if local else gpus_per_node,
-        s3_secret_name=s3_secret or None, run_id=run_id, active_deadline_seconds=timeout_s or None,
-        data_mount_path=POD_DATA_DIR, data_scratch_size=None if local else "2Ti",
-        shm_size=None if local else "64Gi", backoff_limit=2,
-    )
+    spec = JobSpec(name=name, image=image or "gbcosface-trainer:local", namespace=namespace, nnodes=nnodes,
+                   nproc_per_node=nproc_per_node, gpus_per_node=0 if local else gpus_per_node, run_id=run_id,
+                   active_deadline_seconds=timeout_s or None, data_mount_path=POD_DATA_DIR)
+    spec = apply_profile(spec, profile or ClusterProfile())
+    if local:
+        # The emulator stages into work_dir and reads S3 credentials from its own environment.
+        spec.data_scratch_size = None
+        spec.data_volume_claim = None
+        spec.s3_secret_name = None
+    return spec
 
 
-def _run_local(cfg: TrainConfig, spec: Any, *, work_dir: str) -> None:
-    """The PyTorchJob emulation: the rendered job's command, env, pod count, backoff and deadline,
-    one process per replica with the operator's environment (gbcosface.launch.local)."""
-    from gbcosface.launch.local import plan_from_job, run_plan
-    from gbcosface.launch.pytorchjob import render_job
+def _run_local(cfg: TrainConfig, spec: JobSpec, *, job_kind: str, launcher: str, work_dir: str) -> None:
+    """The job's emulation: the rendered job's command, env, node count, restarts and deadline, one
+    process per node with its operator's environment (gbcosface.launch.local)."""
+    from gbcosface.launch.kinds import get_job_kind
+    from gbcosface.launch.local import run_plan
 
+    kind = get_job_kind(job_kind)
     job_dir = Path(work_dir).resolve() / "jobs" / spec.name
     if job_dir.exists():
         shutil.rmtree(job_dir)
     job_dir.mkdir(parents=True)
-    rendered = render_job(spec, cfg)
+    rendered = kind.render(spec, cfg)
     (job_dir / "job.yaml").write_text(rendered.to_yaml())
-    plan = plan_from_job(rendered.job, rendered.configmap, job_dir)
+    plan = kind.plan(rendered.job, rendered.configmap, job_dir)
     threads = max(1, (os.cpu_count() or 1) // (spec.nnodes * spec.nproc_per_node))
     plan.env.setdefault("OMP_NUM_THREADS", str(threads))
+    if launcher != "local":
+        raise ValueError(f"launcher {launcher!r} is not available in this build")
     result = run_plan(plan, log_dir=job_dir / "logs", metrics_base_port=cfg.run.metrics_port or None)
     if not result.succeeded:
         tail = ""
         log_file = result.log_file(0)
         if log_file.is_file():
             tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-40:])
-        raise RuntimeError(f"local PyTorchJob {spec.name} failed ({result.reason}, exit codes "
-                           f"{result.exit_codes}, {result.restarts} restart(s)); master log tail:\n{tail}")
-    log.info("local PyTorchJob %s succeeded after %d restart(s); logs in %s", spec.name, result.restarts,
+        raise RuntimeError(f"local {kind.kind} {spec.name} failed ({result.reason}, exit codes "
+                           f"{result.exit_codes}, {result.restarts} restart(s)); node 0 log tail:\n{tail}")
+    log.info("local %s %s succeeded after %d restart(s); logs in %s", kind.kind, spec.name, result.restarts,
              result.log_dir)
 
 
-def _run_cluster(cfg: TrainConfig, spec: Any, *, timeout_s: int) -> None:
+def _run_cluster(cfg: TrainConfig, spec: JobSpec, *, job_kind: str, timeout_s: int, stuck_pod_grace_s: float) -> None:
     from gbcosface.launch.client import JobClient, default_sink
-    from gbcosface.launch.pytorchjob import render_job
+    from gbcosface.launch.kinds import get_job_kind
 
-    rendered = render_job(spec, cfg)
-    status = JobClient(namespace=spec.namespace).run(rendered, timeout_s=timeout_s or 7 * 24 * 3600,
-                                                     log_sink=default_sink(spec.name))
-    log.info("PyTorchJob %s/%s: %s", spec.namespace, spec.name, status.describe())
+    kind = get_job_kind(job_kind)
+    rendered = kind.render(spec, cfg)
+    client = JobClient(namespace=spec.namespace, kind=kind, stuck_pod_grace_s=stuck_pod_grace_s)
+    status = client.run(rendered, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, log_sink=default_sink(spec.name))
+    log.info("%s", status.describe())
 
 
 def cleanup_job(*, run_id: str, launcher: str, job_kind: str = "pytorchjob", namespace: str = "") -> str:
-    """Exit handler: delete this run's PyTorchJob if it is still there (cancel, failure, timeout)."""
+    """Exit handler: delete this run's job only if it is still unfinished (the train step was
+    cancelled or failed and left it running); a finished job stays for inspection until its TTL."""
     from gbcosface.launch.names import job_name_for_run
 
     name = job_name_for_run(run_id)
-    if launcher == "local":
+    if _is_local(launcher):
         # The emulator stops its processes itself, on success, failure and cancellation.
-        return f"local launcher: nothing left to delete for {name}"
+        return f"{launcher} launcher: nothing left to delete for {name}"
     from gbcosface.launch.client import JobClient
+    from gbcosface.launch.namespace import default_namespace
 
-    existed = JobClient(namespace=namespace).delete(name, namespace, missing_ok=True)
-    return f"deleted PyTorchJob {namespace}/{name}" if existed else f"no PyTorchJob {namespace}/{name} left"
+    ns = default_namespace(namespace)
+    return JobClient(namespace=ns, kind=job_kind).cleanup(name, ns)
