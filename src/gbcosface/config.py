@@ -41,6 +41,7 @@ class ModelConfig:
 class HeadConfig:
     type: str = "linear"  # linear (cos theta) | mag (cos theta + feature norms)
     num_classes: int | None = None  # None = read from the dataset's property file
+    sharded: bool = False  # classes split across ranks (model parallel), DDP over the backbone only
 
 
 @dataclass
@@ -104,6 +105,7 @@ class RunConfig:
     val_every: int = 2000  # steps; 0 = never
     metrics_port: int = 9400  # base port; each process serves base + LOCAL_RANK; 0 = off
     max_bad_steps: int = 0  # non-finite fp16 steps to skip before stopping
+    checkpoint_on_sigterm: bool = True  # SIGTERM: finish the step, checkpoint, exit 143 (preemption)
     resume: bool = True
 
 
