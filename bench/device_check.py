@@ -11,8 +11,9 @@ Checks (GPU mode):
   sharded-head         the trainer's ShardedClassifier on one GPU (1M classes, D=512): ms/step, peak GiB
   ijb-embed-r100       IJB image embedding (the evaluation's extract_features) for iresnet100: images/s
   nvml                 the NVML sampler reads utilisation and memory of the GPU
-  trainer-cuda         `gbcosface train` on a synthetic world in the real format: replicated bf16 and
-                       sharded fp16 (grad scaler), checkpoint + resume on CUDA
+  trainer-cuda         `gbcosface train` (demo model) on a synthetic world in the real format: replicated
+                       bf16 + channels_last + torch.compile, and sharded fp16 (grad scaler), each with
+                       validation, a checkpoint and a resume on CUDA
   eval-cuda            `gbcosface eval-bin` and `eval-ijb` on the trained model, on CUDA
 """
 
@@ -149,8 +150,10 @@ def trainer_cuda(cpu: bool, world: Path, out: Path) -> str:
             f"data.val_dir={world}/val", "data.num_workers=2", "run.metrics_port=0", "run.val_every=5",
             "schedule.max_steps=10", "run.checkpoint_every=5"]
     figures = []
-    for name, extra in (("replicated-bf16", ["run.amp=" + ("none" if cpu else "bf16")]),
-                        ("sharded-fp16", ["head.sharded=true", "run.amp=" + ("none" if cpu else "fp16")])):
+    gpu_only = [] if cpu else ["run.channels_last=true"]
+    for name, extra in (("replicated-bf16", ["run.amp=" + ("none" if cpu else "bf16"), *gpu_only,
+                                             *([] if cpu else ["run.compile=true"])]),
+                        ("sharded-fp16", ["head.sharded=true", "run.amp=" + ("none" if cpu else "fp16"), *gpu_only])):
         run([*base, f"run.output={out}/{name}", *extra, "schedule.max_steps=5"], 600)
         text = run([*base, f"run.output={out}/{name}", *extra], 600)  # resumes from step 5
         summary = json.loads((out / name / "train_summary.json").read_text())
