@@ -108,7 +108,8 @@ def ijb_embed(cpu: bool, world: Path) -> str:
 
     root = world / "IJBC"
     meta = read_ijb_meta(root, "IJBC")
-    model = backbone_from_config(ModelConfig(name="iresnet18" if cpu else "iresnet100"))
+    tiny = ModelConfig(name="iresnet18", embedding_size=32, width=8, layers=[1, 1, 1, 1], stem_stride=2)
+    model = backbone_from_config(tiny if cpu else ModelConfig(name="iresnet100"))
     dev = torch.device("cpu") if cpu else torch.device("cuda", 0)
     res = extract_features(model, root, meta.images, meta.landmarks, batch_size=32 if cpu else 256, device=dev,
                            fp16=not cpu, workers=2 if cpu else 12)
@@ -140,8 +141,10 @@ def run(cmd: list[str], timeout: float) -> str:
 
 
 def make_world(cpu: bool, out: Path) -> Path:
-    run([sys.executable, "-m", "gbcosface", "synth", "--out", str(out), "--identities", "40",
-         "--images-per-identity", "8", "--eval-identities", "10", "--pairs", "40"], 300)
+    size = (["--identities", "40", "--images-per-identity", "8", "--eval-identities", "8",
+             "--templates-per-identity", "2", "--bin-identities", "20", "--impostor-pairs", "500"] if cpu else
+            ["--identities", "200", "--images-per-identity", "20", "--eval-identities", "300"])
+    run([sys.executable, "-m", "gbcosface", "synth", "--out", str(out), "--pairs", "40", "--workers", "4", *size], 300)
     return out
 
 
@@ -149,6 +152,8 @@ def trainer_cuda(cpu: bool, world: Path, out: Path) -> str:
     base = [sys.executable, "-m", "gbcosface", "train", "--config", "demo", f"data.train_dir={world}/train",
             f"data.val_dir={world}/val", "data.num_workers=2", "run.metrics_port=0", "run.val_every=5",
             "schedule.max_steps=10", "run.checkpoint_every=5"]
+    if cpu:  # the smoke test: a smaller model and batch
+        base += ["model.width=8", "model.embedding_size=32", "data.batch_size=16", "data.num_workers=0"]
     figures = []
     gpu_only = [] if cpu else ["run.channels_last=true"]
     for name, extra in (("replicated-bf16", ["run.amp=" + ("none" if cpu else "bf16"), *gpu_only,

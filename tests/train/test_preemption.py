@@ -82,6 +82,7 @@ def test_sigterm_checkpoints_the_step_exits_and_the_restarted_job_ends_bitwise_e
     assert len(stopped) == 1, stops
     step = stopped.pop()
     assert SIGTERM_AT < step <= SIGTERM_AT + 3 and step % CKPT_EVERY != 0, step
+    print(f"SIGTERM after step {SIGTERM_AT}; both ranks stopped after step {step}:", stops[0].split("rank")[-1])
     out = tmp_path / "preempted"
     assert step in [r.step for r in checkpoint.list_complete(str(out))]
     summary = json.loads((out / "train_summary.json").read_text())
