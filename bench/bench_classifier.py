@@ -10,14 +10,14 @@ Two tables.
      replicated: 3 C D 4 + 3 B C 4 bytes per GPU; all-reduce C D 4 bytes (the head gradient).
      sharded:    3 (C/G) D 4 + 3 (G B) (C/G) 4; no head all-reduce (the gathered embeddings are G B D 4).
      sampled:    Partial-FC style (rate r): the weight, gradient and momentum stay whole per shard, the
-                 logits shrink to 3 (G B) (r C/G) 4. `head.sample_rate` is NOT implemented in the trainer
-                 yet; this column is the arithmetic only, for comparison with Partial FC.
+                 logits shrink to 3 (G B) (r C/G) 4 (`head.sample_rate`, gbcosface.sharded.sampling).
    Anchor: insightface's Partial FC trains 29M identities on 8 V100 (32 GB) at r = 0.1 with fp16 logits.
 2. MEASURED on this machine's CPU (smaller D, default 64): one classifier step (head forward, GB-CosFace
    loss, backward, SGD update) as ONE rank does it: replicated (B rows against C classes) and sharded on
    G ranks (G B gathered rows against C/G classes); the sharded row is one rank's compute, the collectives
    (a G B x D gather and three (G B)-vectors of all-reduces) are not in it. Class counts that would not
    fit in the memory limit (--max-gb) are skipped and said so.
+3. MEASURED: how much sampling lowers GB-CosFace's soft negative n_i (random unit vectors, D=512, s=64).
 
 Usage: python bench/bench_classifier.py [--gpus 8] [--batch 128] [--measure-dim 64] [--max-gb 8]
        [--classes 100000 1000000 2000000 10000000] [--steps 3]
@@ -26,6 +26,7 @@ Usage: python bench/bench_classifier.py [--gpus 8] [--batch 128] [--measure-dim 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -126,6 +127,29 @@ def main() -> None:
         rep = f"{step_seconds(bm, c, dm, args.steps):.3f}" if est_rep <= args.max_gb else f"skip {est_rep:.0f}GB"
         sh = f"{step_seconds(g * bm, c // g, dm, args.steps):.3f}" if est_sh <= args.max_gb else f"skip {est_sh:.0f}GB"
         print(f"{c:>11,} | {rep:>12} | {sh:>14}", flush=True)
+    soft_negative_shift([0.1, 0.3, 0.5], 64.0, 100_000, 512, 256)
+
+
+def soft_negative_shift(rates: list[float], s: float, classes: int, d: int, rows: int) -> None:
+    """n_i over the sampled negatives minus n_i over all, on random unit vectors (see sharded/sampling.py)."""
+    from gbcosface.sharded.sampling import sample_columns
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(rows, d, generator=g), dim=1)
+    w = torch.nn.functional.normalize(torch.randn(d, classes, generator=g), dim=0)
+    y = torch.randint(0, classes, (rows,), generator=g)
+    cos = x @ w
+    pos = torch.zeros_like(cos, dtype=torch.bool)
+    pos[torch.arange(rows), y] = True
+    n_full = torch.logsumexp((s * cos).masked_fill(pos, float("-inf")), dim=1) / s
+    print(f"\n3. soft negative n_i over sampled negatives vs all ({classes:,} random classes, D={d}, s={s:g}, "
+          f"{rows} rows): mean shift, its std, and log(rate)/s")
+    for rate in rates:
+        cols = sample_columns(y, 0, classes, rate, seed=1)
+        sub = (s * cos[:, cols]).masked_fill(pos[:, cols], float("-inf"))
+        diff = torch.logsumexp(sub, dim=1) / s - n_full
+        print(f"  rate {rate:<4}: {diff.mean().item():+.4f} +- {diff.std().item():.4f}  "
+              f"(log(rate)/s = {math.log(rate) / s:+.4f}); V shifts by half of it")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ The multi-rank behaviour (exactness on 2 gloo ranks, resharding on resume) is in
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -115,3 +116,41 @@ def test_load_full_state_names_the_checkpoint_and_the_bad_tensor():
     state["head"]["weight"] = state["head"]["weight"][:, :5]
     with pytest.raises(ValueError, match=r"s3://b/step-0000007: head.weight must be a full head tensor of shape \(6, 11\)"):
         sh.load_full_state(state, _opt(sh), "s3://b/step-0000007")
+
+
+def test_sample_rate_needs_the_sharded_head():
+    from gbcosface.config import ConfigError
+
+    with pytest.raises(ConfigError, match="head.sample_rate < 1 needs head.sharded: true"):
+        from_dict({"head": {"sample_rate": 0.5}})
+    with pytest.raises(ConfigError, match=r"head.sample_rate must be in \(0, 1\]"):
+        from_dict({"head": {"sharded": True, "sample_rate": 1.5}})
+
+
+def test_a_sampled_run_resumes_bitwise_because_the_draw_is_a_function_of_the_step(tmp_path, tiny_trainset):
+    """head.sample_rate in the trainer (one process): 6 steps straight vs 3 + resume + 3, bitwise equal."""
+    import shutil
+
+    from gbcosface.train import checkpoint
+    from gbcosface.train.trainer import Trainer
+
+    from .conftest import tiny_config
+
+    def train(name: str, steps: int) -> dict:
+        cfg = tiny_config(tiny_trainset, str(tmp_path / name), head={"type": "linear", "sharded": True,
+                                                                     "sample_rate": 0.3},
+                          run={"checkpoint_every": 3}, schedule={"max_steps": steps})
+        summary = Trainer(from_dict(cfg), ENV).run()
+        assert summary["steps"] == steps and math.isfinite(summary["final_loss_terms"]["loss"])
+        return checkpoint.read_file(checkpoint.latest_complete(str(tmp_path / name)), checkpoint.STATE_FILE)
+
+    straight = train("straight", 6)
+    train("first", 3)
+    shutil.copytree(tmp_path / "first" / "checkpoints", tmp_path / "resumed" / "checkpoints")
+    resumed = train("resumed", 6)
+    for part in ("backbone", "head"):
+        for k, t in straight[part].items():
+            assert torch.equal(t, resumed[part][k]), f"{part}.{k}"
+    momentum = straight["optimizer"]["state"]
+    for idx, entry in momentum.items():
+        assert torch.equal(entry["momentum_buffer"], resumed["optimizer"]["state"][idx]["momentum_buffer"])

@@ -41,7 +41,7 @@ class Classifier(Protocol):
 
     def train(self) -> None: ...
 
-    def loss_terms(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def loss_terms(self, images: torch.Tensor, labels: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]: ...
 
     def buffers(self) -> list[torch.Tensor]: ...
 
@@ -106,7 +106,7 @@ class ReplicatedClassifier:
         self.ddp.train()
         self.loss.train()
 
-    def loss_terms(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(self, images: torch.Tensor, labels: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
         cos, norms = self.ddp(images)
         return self.loss(cos, labels, norms=norms)
 
@@ -138,8 +138,10 @@ class ShardedClassifier:
 
     sharded = True
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, loss: nn.Module, amp: str, env: DistEnv) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, loss: nn.Module, amp: str, env: DistEnv,
+                 sample_rate: float = 1.0) -> None:
         self.env = env
+        self.sample_rate = float(sample_rate)
         # the backbone under FaceModel's autocast rules; Identity returns the float32 embeddings
         self.model = FaceModel(backbone, nn.Identity(), amp).to(env.device)
         self.backbone = self.model.backbone
@@ -159,9 +161,11 @@ class ShardedClassifier:
         self.head.train()
         self.loss.train()
 
-    def loss_terms(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(self, images: torch.Tensor, labels: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
+        """`step` seeds the negative-class sampling (head.sample_rate < 1), so a resume redraws the same classes."""
         emb, _ = self.ddp(images)
-        return self.loss(self.head(emb, labels, grad_scale=self.grad_scale))
+        sc = self.head(emb, labels, grad_scale=self.grad_scale, sample_rate=self.sample_rate, step=step)
+        return self.loss(sc)
 
     def buffers(self) -> list[torch.Tensor]:
         return [*self.model.buffers(), *self.head.buffers(), *self.loss.buffers()]
@@ -261,11 +265,15 @@ def build_classifier(cfg: Any, env: DistEnv, backbone: nn.Module, num_classes: i
     from gbcosface.losses import get_loss
 
     full_head = get_head(cfg.head.type, cfg.model.embedding_size, num_classes)
+    if cfg.head.sample_rate < 1.0 and not cfg.head.sharded:
+        raise ValueError(f"head.sample_rate={cfg.head.sample_rate} needs head.sharded: true")
     if not cfg.head.sharded:
         return ReplicatedClassifier(backbone, full_head, get_loss(cfg.loss.name, **cfg.loss.params), cfg.run.amp, env)
     from gbcosface.sharded import get_sharded_head, get_sharded_loss
 
-    head = get_sharded_head(cfg.head.type, cfg.model.embedding_size, num_classes, env.rank, env.world_size)
+    head = get_sharded_head(cfg.head.type, cfg.model.embedding_size, num_classes, env.rank, env.world_size,
+                            seed=cfg.run.seed)
     head.load_full_weight(full_head.weight.detach())
     del full_head
-    return ShardedClassifier(backbone, head, get_sharded_loss(cfg.loss.name, **cfg.loss.params), cfg.run.amp, env)
+    return ShardedClassifier(backbone, head, get_sharded_loss(cfg.loss.name, **cfg.loss.params), cfg.run.amp, env,
+                             sample_rate=cfg.head.sample_rate)

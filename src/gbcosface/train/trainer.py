@@ -315,7 +315,7 @@ class Trainer:
         self.scheduler.apply(p.epoch, p.samples_in_epoch / self.global_batch)
         snapshot = self._buffers() if cfg.run.max_bad_steps > 0 else None
         self.optimizer.zero_grad(set_to_none=True)
-        terms = self.clf.loss_terms(x, y)
+        terms = self.clf.loss_terms(x, y, step=p.step)
         self.scaler.scale(terms["loss"]).backward()
         values = self._global_terms(terms)
         bad = [k for k, v in values.items() if not math.isfinite(v)]
