@@ -99,7 +99,8 @@ def main() -> None:
     g, b, d = args.gpus, args.batch, args.dim
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+          f"{torch.get_num_threads()} threads, python {platform.python_version()}, "
+          f"loadavg {os.getloadavg()[0]:.1f} (a shared machine: CPU times scale with it)")
     print(f"\n1. computed: D={d}, {g} GPUs, batch {b}/GPU, fp32, SGD momentum; sampled rate {args.rate}")
     print(f"{'classes':>11} | {'replicated GB/GPU':>17} {'allreduce GB':>12} | {'sharded GB/GPU':>14} | "
           f"{'sampled GB/GPU':>14}")
