@@ -124,7 +124,8 @@ def nvml(cpu: bool) -> str:
         return "skipped on CPU (no NVML)"
     got = []
     sampler = NvmlSampler(0, 0.2, on_sample=got.append)
-    sampler.start()
+    if not sampler.start():
+        raise RuntimeError("NVML could not be opened (nvidia-ml-py missing, or no driver library)")
     time.sleep(1.0)
     sampler.stop()
     if not got:
