@@ -41,6 +41,8 @@ class ModelConfig:
 class HeadConfig:
     type: str = "linear"  # linear (cos theta) | mag (cos theta + feature norms)
     num_classes: int | None = None  # None = read from the dataset's property file
+    sharded: bool = False  # classes split across ranks (model parallel), DDP over the backbone only
+    sample_rate: float = 1.0  # < 1: Partial-FC-style negative-class sampling per shard (needs sharded)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class RunConfig:
     val_every: int = 2000  # steps; 0 = never
     metrics_port: int = 9400  # base port; each process serves base + LOCAL_RANK; 0 = off
     max_bad_steps: int = 0  # non-finite fp16 steps to skip before stopping
+    checkpoint_on_sigterm: bool = True  # SIGTERM: finish the step, checkpoint, exit 143 (preemption)
     resume: bool = True
 
 
@@ -203,6 +206,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         problems.append(f"run.amp must be none, bf16 or fp16, not {cfg.run.amp!r}")
     if cfg.head.type not in ("linear", "mag"):
         problems.append(f"head.type must be linear or mag, not {cfg.head.type!r}")
+    if not 0.0 < cfg.head.sample_rate <= 1.0:
+        problems.append(f"head.sample_rate must be in (0, 1], not {cfg.head.sample_rate}")
+    elif cfg.head.sample_rate < 1.0 and not cfg.head.sharded:
+        problems.append("head.sample_rate < 1 needs head.sharded: true")
     if cfg.schedule.type not in ("step", "warmup_poly", "warmup_cosine"):
         problems.append(f"schedule.type must be step, warmup_poly or warmup_cosine, not {cfg.schedule.type!r}")
     if cfg.data.batch_size <= 0:

@@ -117,6 +117,9 @@ def test_every_series_carries_the_constant_labels(metrics):
 
 
 def test_phase_is_exclusive_and_validated(metrics):
+    assert {"staging", "preempted"} <= set(PHASES)  # served from process start; the SIGTERM stop
+    metrics.set_phase("staging")
+    assert scrape(metrics.port)[key("gbcosface_train_phase", phase="staging")] == 1.0
     metrics.set_phase("validating")
     got = scrape(metrics.port)
     assert {p: got[key("gbcosface_train_phase", phase=p)] for p in PHASES} == {

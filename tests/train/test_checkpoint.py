@@ -116,6 +116,8 @@ def test_rng_state_round_trips_through_weights_only(tmp_path: Path) -> None:
 def test_full_state_round_trips_through_weights_only() -> None:
     from gbcosface.config import OptimConfig, ScheduleConfig
     from gbcosface.losses import get_loss
+    from gbcosface.train.classifier import ReplicatedClassifier
+    from gbcosface.train.distributed import DistEnv
     from gbcosface.train.optim import build_optimizer
 
     def build():
@@ -135,13 +137,15 @@ def test_full_state_round_trips_through_weights_only() -> None:
     sc1.step(o1)
     sc1.update(512.0)
     progress = train_state.Progress(step=5, epoch=1, samples_in_epoch=16, samples_seen=96, best_score=0.9, best_step=4)
-    full = train_state.collect(backbone=b1, head=h1, loss=l1, optimizer=o1, scheduler=s1, scaler=sc1,
-                               progress=progress, world_size=2, global_batch=16, config_hash="abc")
+    env = DistEnv(0, 0, 1, 1, torch.device("cpu"), None)
+    full = train_state.collect(model_state=ReplicatedClassifier(b1, h1, l1, "none", env).full_state(o1),
+                               scheduler=s1, scaler=sc1, progress=progress, world_size=2, global_batch=16,
+                               config_hash="abc")
     loaded = checkpoint.from_bytes(checkpoint.to_bytes(full), "state")
 
     b2, h2, l2, o2, s2, sc2 = build()
-    got = train_state.restore(loaded, backbone=b2, head=h2, loss=l2, optimizer=o2, scheduler=s2, scaler=sc2,
-                              where="test")
+    got = train_state.restore(loaded, classifier=ReplicatedClassifier(b2, h2, l2, "none", env), optimizer=o2,
+                              scheduler=s2, scaler=sc2, where="test")
     assert got == progress
     assert bool(l2.initialised) and torch.equal(l2.cos_v, l1.cos_v)
     assert sc2.get_scale() == 512.0

@@ -30,7 +30,10 @@ from .gpu import GpuSample, NvmlSampler
 log = logging.getLogger(__name__)
 
 #: Training phases exposed by ``gbcosface_train_phase{phase=...}``; exactly one is 1 at a time.
-PHASES = ("starting", "training", "validating", "checkpointing", "done", "failed")
+#: "staging": the trainer serves /metrics from process start, while the dataset is being staged
+#: (alerts that need "training" stay quiet). "preempted": SIGTERM arrived, the last checkpoint is
+#: written and the process is about to exit for the operator to restart it.
+PHASES = ("starting", "staging", "training", "validating", "checkpointing", "preempted", "done", "failed")
 
 #: Labels every series carries. ``training_job`` rather than ``job``: Prometheus owns the ``job``
 #: label (the scrape job) and would rename a scraped ``job`` label to ``exported_job``.

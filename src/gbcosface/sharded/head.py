@@ -66,6 +66,7 @@ class ShardedNormLinearHead(nn.Module):
         self.rank = rank
         self.world_size = world_size
         self.group = group
+        self.seed = seed
         self.class_start, self.class_stop = class_range(num_classes, rank, world_size)
         self.weight = nn.Parameter(init_weight_columns(embedding_size, self.class_start, self.class_stop, seed))
 
@@ -96,8 +97,13 @@ class ShardedNormLinearHead(nn.Module):
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"sharded head: labels must be integers, got {labels.dtype}")
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, grad_scale: float = 1.0) -> ShardedCosines:
-        """Gather the global batch; cosines against this shard. `grad_scale` multiplies dL/dx_local."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, grad_scale: float = 1.0, sample_rate: float = 1.0,
+                step: int = 0) -> ShardedCosines:
+        """Gather the global batch; cosines against this shard. `grad_scale` multiplies dL/dx_local.
+
+        `sample_rate` < 1: only the sampled columns of this shard (`gbcosface.sharded.sampling`, chosen
+        from (seed, step, shard)); the result then describes the virtual sampled class space.
+        """
         self._check(x, labels)
         self._check_group()
         sizes = gather_sizes(x.shape[0], x.device, self.world_size, self.group)
@@ -109,9 +115,19 @@ class ShardedNormLinearHead(nn.Module):
                              f"{global_labels[bad][:5].tolist()}")
         x_all = gather_rows(F.normalize(x, dim=1), sizes, self.rank, self.group,
                             reduce_grad=True, grad_scale=grad_scale)
+        norms = self._norms(x, sizes, grad_scale)
+        if sample_rate < 1.0:
+            from .sampling import sample_columns, sample_seed, virtual_labels
+
+            cols = sample_columns(global_labels, self.class_start, self.class_stop, sample_rate,
+                                  sample_seed(self.seed, step, self.class_start)).to(x.device)
+            w = F.normalize(self.weight[:, cols], dim=0).to(x_all.dtype)
+            vlabels, v_start, v_total = virtual_labels(global_labels, cols, self.class_start, self.class_stop,
+                                                       self.world_size, self.group)
+            cos = (x_all @ w).clamp(-1.0, 1.0)
+            return ShardedCosines(cos, vlabels, v_start, v_total, self.world_size, self.group, norms)
         w = F.normalize(self.weight, dim=0).to(x_all.dtype)
         cos = (x_all @ w).clamp(-1.0, 1.0)
-        norms = self._norms(x, sizes, grad_scale)
         return ShardedCosines(cos, global_labels, self.class_start, self.num_classes, self.world_size,
                               self.group, norms)
 

@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gbcosface.config import ConfigError, load_config
     from gbcosface.train.checkpoint import CheckpointError
+    from gbcosface.train.preemption import EXIT_CODE, Preempted
     from gbcosface.train.trainer import NonFiniteLossError, train
 
     try:
@@ -42,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, CheckpointError) as exc:
         log.error("rank %s: %s", rank, exc)
         return 3
+    except Preempted as exc:  # checkpoint written; a non-zero exit makes the operator restart the pod
+        log.warning("rank %s: %s", rank, exc)
+        return EXIT_CODE
     if rank == "0":
         log.info("train_summary: steps=%s samples/s=%.1f", summary["steps"], summary.get("samples_per_second") or 0.0)
     return 0

@@ -3,8 +3,9 @@
 Why a separate module: the trainer decides *when* to checkpoint, `checkpoint.py` decides *how* bytes
 reach storage, and this module decides *what* must be captured so that a resumed run continues
 bitwise where an uninterrupted one would be:
-- backbone, head and loss module states (the loss's cos_v buffer and its `initialised` flag);
-- optimizer state (momentum buffers) and param-group hyper-parameters;
+- backbone, head and loss module states (the loss's cos_v buffer and its `initialised` flag); the
+  head always whole (a `NormLinearHead` state dict), also when the classes are sharded;
+- optimizer state (momentum buffers, the head's whole) and param-group hyper-parameters;
 - the lr schedule's last factor (the lr itself is recomputed from the data position);
 - the fp16 grad scaler's scale and growth tracker;
 - the data position: epoch and global samples consumed in it (not the sampler's own iteration
@@ -45,23 +46,9 @@ class Progress:
         return cls(**known)
 
 
-def _cpu(obj: Any) -> Any:
-    """Detached CPU copies of every tensor in a nested structure (so saving never holds GPU memory)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
-
-
 def collect(
     *,
-    backbone: torch.nn.Module,
-    head: torch.nn.Module,
-    loss: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, Any],
     scheduler: Any,
     scaler: torch.amp.GradScaler,
     progress: Progress,
@@ -69,16 +56,17 @@ def collect(
     global_batch: int,
     config_hash: str,
 ) -> dict[str, Any]:
+    """The checkpoint dict; `model_state` is the classifier's full state (backbone, head, loss, optimizer)."""
     return {
         "format": FORMAT_VERSION,
         "progress": progress.to_dict(),
         "world_size": int(world_size),
         "global_batch": int(global_batch),
         "config_hash": config_hash,
-        "backbone": _cpu(backbone.state_dict()),
-        "head": _cpu(head.state_dict()),
-        "loss": _cpu(loss.state_dict()),
-        "optimizer": _cpu(optimizer.state_dict()),
+        "backbone": model_state["backbone"],
+        "head": model_state["head"],
+        "loss": model_state["loss"],
+        "optimizer": model_state["optimizer"],
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
     }
@@ -87,22 +75,17 @@ def collect(
 def restore(
     state: dict[str, Any],
     *,
-    backbone: torch.nn.Module,
-    head: torch.nn.Module,
-    loss: torch.nn.Module,
+    classifier: Any,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: torch.amp.GradScaler,
     where: str,
 ) -> Progress:
-    """Load every component strictly; returns the saved progress."""
+    """Load every component strictly (the classifier reshards its head); returns the saved progress."""
     fmt = state.get("format")
     if fmt != FORMAT_VERSION:
         raise ValueError(f"{where}: checkpoint format {fmt!r}, expected {FORMAT_VERSION}")
-    backbone.load_state_dict(state["backbone"], strict=True)
-    head.load_state_dict(state["head"], strict=True)
-    loss.load_state_dict(state["loss"], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
+    classifier.load_full_state(state, optimizer, where)
     scheduler.load_state_dict(state["scheduler"])
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])

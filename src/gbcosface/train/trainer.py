@@ -1,4 +1,4 @@
-"""The training loop: one process per device, DDP over backbone + head, full-state checkpoints.
+"""The training loop: one process per device, DDP over backbone + head (or a class-sharded head), full-state checkpoints.
 
 Why the loop looks like this:
 - One step = prepare the batch on the device (flips seeded by (seed, step)), forward under autocast
@@ -9,7 +9,14 @@ Why the loop looks like this:
   the first step of a milestone epoch and survives a resume at another world size.
 - The sampler is advanced by the trainer after each consumed batch (the DataLoader prefetches ahead),
   so a checkpoint records the data position of the batches really trained on.
-- Checkpoints are written by rank 0 only, with the RNG states of every rank gathered to it.
+- The classifier (train/classifier.py) is replicated (one DDP over backbone + head) or, with
+  head.sharded, split by classes across ranks (DDP over the backbone only); the loop is the same.
+- Checkpoints are written by rank 0 only, with the RNG states of every rank (and, when sharded, the
+  head's columns and momentum) gathered to it.
+- /metrics is served from process start: the exporter starts before data staging ("staging" phase).
+- SIGTERM (a pod eviction or a spot-node preemption, forwarded by torchrun) sets a flag; the flag
+  rides on the step's loss all-reduce, so every rank finishes the same step, a complete checkpoint
+  is written, and the process exits with status 143 for the operator to restart it (see preemption.py).
 - A non-finite loss term stops the run with the step and the term named, before the optimizer step,
   so the weights and the last checkpoint stay good. With run.max_bad_steps > 0 up to that many such
   steps are skipped instead (buffers such as BN statistics and cos_v are rolled back).
@@ -25,13 +32,12 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gbcosface import config as config_mod
 from gbcosface.config import TrainConfig
 from gbcosface.train import checkpoint, rng
 from gbcosface.train import state as train_state
+from gbcosface.train.classifier import build_classifier
 from gbcosface.train.distributed import (
     DistEnv,
     all_gather_object,
@@ -41,15 +47,18 @@ from gbcosface.train.distributed import (
     init_distributed,
     shutdown,
 )
-from gbcosface.train.model import FaceModel
 from gbcosface.train.optim import apply_config, build_optimizer
 from gbcosface.train.output import RunOutput
+from gbcosface.train.preemption import Preempted, PreemptionFlag
 from gbcosface.train.progress import ProgressLog
 from gbcosface.train.schedule import EpochLR, base_lrs
 
 log = logging.getLogger("gbcosface.train")
 
 FAULT_ENV = "GBCOSFACE_FAULT_KILL_AT_STEP"  # "STEP" or "STEP:RANK": SIGKILL that rank after STEP (tests)
+# "STEP" or "STEP:RANK": after STEP, that rank sends SIGTERM to its torchrun (the pod's PID 1, as the
+# kubelet would), or to itself when it runs bare (tests of the preemption path)
+SIGTERM_ENV = "GBCOSFACE_FAULT_SIGTERM_AT_STEP"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,8 +70,8 @@ def rank_seed(seed: int, rank: int, salt: int = 0) -> int:
     return (int(seed) * 1_000_003 + (int(rank) + 1) * 7_919 + int(salt) * 104_729) % (1 << 63)
 
 
-def _fault_step(rank: int) -> int | None:
-    raw = os.environ.get(FAULT_ENV, "").strip()
+def _fault_step(rank: int, name: str = FAULT_ENV) -> int | None:
+    raw = os.environ.get(name, "").strip()
     if not raw:
         return None
     step, _, who = raw.partition(":")
@@ -80,7 +89,14 @@ class Trainer:
         self.config_hash = config_mod.config_hash(cfg)
         self.output = RunOutput(cfg.run.output)
         self._fault_at = _fault_step(env.rank)
-        self._setup()
+        self._sigterm_at = _fault_step(env.rank, SIGTERM_ENV)
+        self.metrics = self._metrics()  # first: /metrics answers while the data is staged
+        try:
+            self._setup()
+        except BaseException:
+            self.metrics.set_phase("failed")
+            self.metrics.close()
+            raise
 
     # ------------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -89,8 +105,6 @@ class Trainer:
             ResumableDistributedSampler,
             build_train_loader,
         )
-        from gbcosface.heads import get_head
-        from gbcosface.losses import get_loss
         from gbcosface.models import backbone_from_config
 
         cfg, env = self.cfg, self.env
@@ -102,8 +116,10 @@ class Trainer:
 
         from gbcosface.train.staging import stage_training_data
 
+        self.metrics.set_phase("staging")
         stage_training_data(cfg.data, env.local_rank)  # pinned data onto this node (data.stage_from)
         barrier(env)
+        self.metrics.set_phase("starting")
         self.dataset = RecordFaceDataset(cfg.data.train_dir, skip_bad=cfg.data.skip_bad_samples)
         self.num_classes = cfg.head.num_classes or self.dataset.num_classes
         if cfg.head.num_classes and cfg.head.num_classes != self.dataset.num_classes:
@@ -111,16 +127,14 @@ class Trainer:
                         cfg.data.train_dir, self.dataset.num_classes)
 
         backbone = backbone_from_config(cfg.model)
-        head = get_head(cfg.head.type, cfg.model.embedding_size, self.num_classes)
         self.arch = dict(backbone.arch)
         if cfg.run.channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)
-        self.model = FaceModel(backbone, head, cfg.run.amp).to(self.device)
-        self.loss_fn = get_loss(cfg.loss.name, **cfg.loss.params).to(self.device)
+        self.clf = build_classifier(cfg, env, backbone, self.num_classes)
 
         self.global_batch = cfg.data.batch_size * env.world_size
         self.backbone_lr, self.head_lr = base_lrs(cfg.optim, self.global_batch)
-        self.optimizer = build_optimizer(self.model.backbone, self.model.head, cfg.optim,
+        self.optimizer = build_optimizer(self.clf.backbone, self.clf.head, cfg.optim,
                                          self.backbone_lr, self.head_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.amp == "fp16")
 
@@ -146,22 +160,18 @@ class Trainer:
             rng.seed_everything(rank_seed(cfg.run.seed, env.rank))
 
         if cfg.run.compile and self.device.type == "cuda":
-            self.model.backbone.compile()  # in place: state_dict keys stay those of the plain module
+            self.clf.backbone.compile()  # in place: state_dict keys stay those of the plain module
         elif cfg.run.compile and env.is_main:
             # Measured with torch 2.14.1 on x86 CPUs: inductor's backward of a residual block with a
             # strided oneDNN convolution segfaults; compilation is a GPU throughput feature anyway.
             log.warning("run.compile ignored on %s: torch.compile is used on CUDA devices only", self.device)
-        if env.distributed:
-            self.ddp: nn.Module = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                      broadcast_buffers=True, gradient_as_bucket_view=True)
-        else:
-            self.ddp = self.model
+        self.clf.wrap()
+        self.preemption = PreemptionFlag(cfg.run.checkpoint_on_sigterm)
         self.validator = None
         if env.is_main and cfg.run.val_every > 0 and cfg.data.val_targets:
             from gbcosface.train.validation import Validator
 
             self.validator = Validator(cfg.data.val_dir, cfg.data.val_targets, cfg.data.image_size, self.device)
-        self.metrics = self._metrics()
 
     def _metrics(self) -> Any:
         from gbcosface.monitoring.exporter import TrainingMetrics
@@ -187,8 +197,7 @@ class Trainer:
         state = checkpoint.read_file(ref, checkpoint.STATE_FILE)
         rngs = checkpoint.read_file(ref, checkpoint.RNG_FILE)
         self.progress = train_state.restore(
-            state, backbone=self.model.backbone, head=self.model.head, loss=self.loss_fn,
-            optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, where=ref.uri,
+            state, classifier=self.clf, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, where=ref.uri,
         )
         apply_config(self.optimizer, self.cfg.optim, self.backbone_lr, self.head_lr)
         self.sampler.load_state_dict(state["sampler"])
@@ -233,9 +242,9 @@ class Trainer:
                      p.step, total)
         reporter = ProgressLog(total, p.step, self.global_batch, cfg.run.log_every, env.is_main)
         self.metrics.set_phase("training")
-        self.ddp.train()
-        self.loss_fn.train()
+        self.clf.train()
         start_step, t_start = p.step, time.perf_counter()
+        self.preemption.install()
         try:
             while p.step < total and p.epoch < cfg.schedule.epochs:
                 self.sampler.set_epoch(p.epoch)
@@ -251,10 +260,14 @@ class Trainer:
             summary = self._finish(self.last_terms, p.step - start_step, train_seconds)
             self.metrics.set_phase("done")
             return summary
+        except Preempted:
+            self.metrics.set_phase("preempted")
+            raise
         except BaseException:
             self.metrics.set_phase("failed")
             raise
         finally:
+            self.preemption.uninstall()
             reporter.close()
             self.metrics.close()
 
@@ -277,11 +290,18 @@ class Trainer:
             reporter.step(p.step, p.epoch, wait, self.last_terms, lr)
             if cfg.run.val_every > 0 and p.step % cfg.run.val_every == 0:
                 self._validate()
+            if self.preemption.agreed:
+                self._preempt()
             if p.step % cfg.run.checkpoint_every == 0:
                 self.save_checkpoint()
             if self._fault_at is not None and p.step >= self._fault_at:
                 log.error("fault injection (%s): SIGKILL rank %d after step %d", FAULT_ENV, env.rank, p.step)
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self._sigterm_at is not None and p.step >= self._sigterm_at:
+                self._sigterm_at = None
+                target = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else os.getpid()
+                log.warning("fault injection (%s): SIGTERM to pid %d after step %d", SIGTERM_ENV, target, p.step)
+                os.kill(target, signal.SIGTERM)
             t_prev = time.perf_counter()
         return False
 
@@ -295,8 +315,7 @@ class Trainer:
         self.scheduler.apply(p.epoch, p.samples_in_epoch / self.global_batch)
         snapshot = self._buffers() if cfg.run.max_bad_steps > 0 else None
         self.optimizer.zero_grad(set_to_none=True)
-        cos, norms = self.ddp(x)
-        terms = self.loss_fn(cos, y, norms=norms)
+        terms = self.clf.loss_terms(x, y, step=p.step)
         self.scaler.scale(terms["loss"]).backward()
         values = self._global_terms(terms)
         bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -305,7 +324,7 @@ class Trainer:
         else:
             if cfg.optim.clip_grad_norm is not None:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
+                self.clf.clip_grad_norm_(cfg.optim.clip_grad_norm)  # the global norm, also when sharded
             scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -318,15 +337,20 @@ class Trainer:
         return values
 
     def _global_terms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Mean of each loss term over ranks, as floats: one all-reduce and one host sync per step."""
+        """Mean of each loss term over ranks, as floats: one all-reduce and one host sync per step.
+
+        The same all-reduce carries the SIGTERM flag (how many ranks got one), so all ranks agree.
+        """
         names = ["loss", *sorted(k for k in terms if k != "loss")]
-        vec = torch.stack([terms[k].detach().float().reshape(()) for k in names])
+        flag = torch.tensor([float(self.preemption.requested)], device=terms["loss"].device)
+        vec = torch.cat([torch.stack([terms[k].detach().float().reshape(()) for k in names]), flag])
         all_reduce_sum_(self.env, vec)
-        vec = vec / self.env.world_size
-        return dict(zip(names, vec.tolist(), strict=True))
+        *values, signalled = vec.tolist()
+        self.preemption.agree(signalled > 0)
+        return {k: v / self.env.world_size for k, v in zip(names, values, strict=True)}
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [b.detach().clone() for b in (*self.model.buffers(), *self.loss_fn.buffers())]
+        return [b.detach().clone() for b in self.clf.buffers()]
 
     def _non_finite(self, bad: list[str], snapshot: list[torch.Tensor] | None) -> None:
         p, cfg = self.progress, self.cfg
@@ -342,7 +366,7 @@ class Trainer:
                 f"run.max_bad_steps={cfg.run.max_bad_steps}); {where}"
             )
         with torch.no_grad():
-            for buf, saved in zip((*self.model.buffers(), *self.loss_fn.buffers()), snapshot, strict=True):
+            for buf, saved in zip(self.clf.buffers(), snapshot, strict=True):
                 buf.copy_(saved)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
@@ -356,11 +380,12 @@ class Trainer:
         env, p = self.env, self.progress
         self.metrics.set_phase("checkpointing")
         rngs = all_gather_object(env, rng.capture(self.device))
+        model_state = self.clf.full_state(self.optimizer)  # a collective when sharded
         ref = None
         if env.is_main:
+            assert model_state is not None
             full = train_state.collect(
-                backbone=self.model.backbone, head=self.model.head, loss=self.loss_fn,
-                optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, progress=p,
+                model_state=model_state, scheduler=self.scheduler, scaler=self.scaler, progress=p,
                 world_size=env.world_size, global_batch=self.global_batch, config_hash=self.config_hash,
             )
             full["sampler"] = self.sampler.state_dict()
@@ -383,7 +408,7 @@ class Trainer:
         self.last_val_step = p.step
         if self.validator is not None and env.is_main:
             self.metrics.set_phase("validating")
-            result = self.validator.run(self.model.backbone, p.step)
+            result = self.validator.run(self.clf.backbone, p.step)
             for target, res in result.per_target.items():
                 self.metrics.set_validation(target, res["accuracy"], res.get("xnorm"))
                 log.info("val step %d %s: accuracy %.4f +- %.4f, xnorm %.3f", p.step, target, res["accuracy"],
@@ -391,12 +416,23 @@ class Trainer:
             self.last_val = result
             if result.mean_accuracy > p.best_score:
                 p.best_score, p.best_step = result.mean_accuracy, p.step
-                self.output.save_backbone(self.model.backbone, "model/best", self.arch)
+                self.output.save_backbone(self.clf.backbone, "model/best", self.arch)
                 self.output.write_json("model/best/val.json", {"step": p.step, "mean_accuracy": p.best_score,
                                                               "targets": result.per_target})
                 log.info("new best mean accuracy %.4f at step %d", p.best_score, p.step)
             self.metrics.set_phase("training")
         barrier(env)
+
+    def _preempt(self) -> None:
+        """Every rank saw the SIGTERM flag after the same step: checkpoint it, then stop (exit 143)."""
+        p = self.progress
+        t0 = time.perf_counter()
+        if self.last_ckpt_step != p.step:
+            self.save_checkpoint()
+        seconds = time.perf_counter() - t0
+        if self.env.is_main:
+            log.warning("SIGTERM: checkpoint of step %d written in %.1f s; exiting for a restart", p.step, seconds)
+        raise Preempted(f"preempted by SIGTERM after step {p.step} (checkpoint written in {seconds:.1f} s)")
 
     # ------------------------------------------------------------------------------------------- end
     def _finish(self, last_terms: dict[str, float], steps_run: int, seconds: float) -> dict[str, Any]:
@@ -414,6 +450,7 @@ class Trainer:
             "world_size": env.world_size,
             "global_batch": self.global_batch,
             "num_classes": self.num_classes,
+            "head_sharded": self.clf.sharded,
             "device": str(self.device),
             "amp": self.cfg.run.amp,
             "resumed_from": self.resumed_from,
@@ -423,7 +460,7 @@ class Trainer:
             "wall_seconds": time.perf_counter() - self._t0,
         }
         if env.is_main:
-            self.output.save_backbone(self.model.backbone, "model", self.arch)
+            self.output.save_backbone(self.clf.backbone, "model", self.arch)
             self.output.write_text("config.yaml", config_mod.to_yaml(self.cfg))
             self.output.write_json("train_summary.json", summary)
             log.info("done: %d steps, %.1f samples/s, output %s", p.step, summary["samples_per_second"] or 0.0,
