@@ -20,6 +20,13 @@ from gbcosface.storage.local_server import LocalS3Server
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 RUN_IDS: list[str] = []  # the run ids seen by this module's runs, in order
+TRAIN_SUMMARIES: list[dict] = []
+JOB_NAMES: list[str] = []
+
+
+def _first_job_name() -> str:
+    return JOB_NAMES[0] if JOB_NAMES else ""
+
 LINEAGE = {"run_id", "config_hash", "dataset_manifest_hash", "code_version", "image", "seed"}
 TINY_TRAINING = [
     "model.width=8", "model.embedding_size=32", "data.batch_size=16", "data.num_workers=0",
@@ -44,8 +51,8 @@ def s3_data(tmp_path_factory):
     os.environ.update(saved)
 
 
-def _params(s3_data, name: str, min_tar: float) -> dict:
-    return {
+def _params(s3_data, name: str, min_tar: float, job_kind: str = "pytorchjob") -> dict:
+    return {"job_kind": job_kind,
         "data_uri": s3_data["data_uri"], "output_uri": f"s3://e2e/{name}", "recipe": "demo",
         "overrides": TINY_TRAINING, "endpoint_url": s3_data["endpoint"], "launcher": "local", "nnodes": 2,
         "nproc_per_node": 1, "gpus_per_node": 0, "work_dir": str(s3_data["root"] / f"work-{name}"),
@@ -94,6 +101,8 @@ def test_gate_passes_and_everything_is_published_with_lineage(s3_data):
     train_summary = json.loads(get_bytes(f"{prefix}/train/train_summary.json"))
     assert train_summary["world_size"] == 2
     assert train_summary["steps"] == 12
+    TRAIN_SUMMARIES.append(train_summary)
+    JOB_NAMES.append(_executor_outputs(run_dir, "train-model")["artifacts"]["model"]["artifacts"][0]["metadata"]["job_name"])
 
     # Every KFP artifact of the model and the evaluation carries the lineage in its metadata.
     model_art = _executor_outputs(run_dir, "train-model")["artifacts"]["model"]["artifacts"][0]["metadata"]
@@ -108,7 +117,8 @@ def test_gate_passes_and_everything_is_published_with_lineage(s3_data):
 
 
 def test_gate_fails_and_nothing_is_published(s3_data):
-    run_dir = run_local(_params(s3_data, "fail", min_tar=1.01), s3_data["root"] / "kfp-fail")
+    """This run trains in an emulated TrainJob: same config, seed and data as the PyTorchJob run above."""
+    run_dir = run_local(_params(s3_data, "fail", min_tar=1.01, job_kind="trainjob"), s3_data["root"] / "kfp-fail")
     run_id = local_run_id(run_dir)
     # The run prefix comes from the run's unique id: a second run never lands in the first one's.
     assert run_id and "{{" not in run_id and run_id not in RUN_IDS and run_id != run_dir.name
@@ -120,3 +130,11 @@ def test_gate_fails_and_nothing_is_published(s3_data):
     assert not any(k.startswith("model/") for k in keys)
     assert "summary.json" not in keys
     assert "eval/IJBC/metrics.json" not in keys  # evaluation results are published only past the gate
+
+    # The TrainJob trained exactly like the PyTorchJob of the first run: the same final loss terms.
+    train_summary = json.loads(get_bytes(f"{prefix}/train/train_summary.json"))
+    assert train_summary["world_size"] == 2 and train_summary["steps"] == 12
+    assert TRAIN_SUMMARIES, "the PyTorchJob run of this module must run first"
+    assert train_summary["final_loss_terms"] == TRAIN_SUMMARIES[0]["final_loss_terms"]
+    job = _executor_outputs(run_dir, "train-model")["artifacts"]["model"]["artifacts"][0]["metadata"]
+    assert job["job_name"] != _first_job_name(), "each run names its own job"

@@ -118,6 +118,21 @@ def operator_env(
     }
 
 
+#: torchrun's wait for its workers after a SIGTERM before it SIGKILLs them (its default is 30 s).
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+
+
+def shutdown_timeout_s(termination_grace_s: int) -> int:
+    """How long torchrun should let the workers finish a preemption checkpoint: the pod's grace
+    period less 15 s for torchrun's own exit, at least torchrun's default 30 s.
+
+    Why: on SIGTERM the trainer finishes its step and writes a checkpoint (docs/training.md,
+    "Preemption"; ~60 s to S3 for iresnet100 + 86k classes), but torchrun SIGKILLs its workers 30 s
+    after forwarding the signal unless told otherwise, which would lose that checkpoint.
+    """
+    return max(30, int(termination_grace_s) - 15)
+
+
 def pod_env(job_name: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Plain-value variables the renderer puts on the container (and the emulator on each replica).
 

@@ -220,6 +220,8 @@ def env_vars(spec: JobSpec) -> list[k8s.V1EnvVar]:
     if spec.nccl_socket_ifname:
         plain["NCCL_SOCKET_IFNAME"] = spec.nccl_socket_ifname
         plain["GLOO_SOCKET_IFNAME"] = spec.nccl_socket_ifname
+    if spec.termination_grace_period_seconds:
+        plain[contract.SHUTDOWN_TIMEOUT_ENV] = str(contract.shutdown_timeout_s(spec.termination_grace_period_seconds))
     plain.update(spec.env)
     env = [k8s.V1EnvVar(name=k, value=v) for k, v in contract.pod_env(spec.name, plain).items()]
     if spec.s3_secret_name:
