@@ -25,7 +25,8 @@ from collections.abc import Callable
 import numpy as np
 import sklearn.metrics
 
-from gbcosface.eval.ijb import image_weights, pair_scores, template_features
+from gbcosface.eval.ijb import image_weights, template_features
+from gbcosface.eval.ijb_11 import pair_scores
 from gbcosface.eval.roc import DEFAULT_FARS, ScoreSet
 
 N_IMAGES, N_TEMPLATES, N_PAIRS, N_GENUINE, N_GALLERY = 469_375, 23_124, 15_658_489, 19_557, 3_531

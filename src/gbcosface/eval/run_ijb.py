@@ -122,8 +122,9 @@ def image_features(
     views = ["image", "flip"] if flip else ["image"]
     model_sha = fx.file_sha256(model_path)
     cache = fx.FeatureCache(cache_dir) if cache_dir else None
+    variant = {k: extract_options[k] for k in ("bf16", "decode") if extract_options.get(k) not in (None, False, "cv2")}
     idents = {v: fx.FeatureCache.identity(model_sha, _arch_of(model_path, backbone_type), fx.file_sha256(list_path),
-                                          image_path, v, fp16) for v in views}
+                                          image_path, v, fp16, variant) for v in views}
     got: dict[str, np.ndarray] = {}
     status = None
     if cache is not None:
@@ -142,9 +143,12 @@ def image_features(
                 f"{Path(image_path) / 'loose_crop' / meta.images[i]}: IJB image {meta.images[i]!r} not found "
                 f"({int(missing.sum()):,} of {n:,} listed in {list_path} are missing; --skip-missing leaves them out)"
             )
-        from gbcosface.models import load_backbone
+        from gbcosface.eval.export import OnnxBackbone, load_model_file
 
-        backbone = load_backbone(model_path, name=backbone_type)
+        backbone = load_model_file(model_path, backbone_type)
+        if isinstance(backbone, OnnxBackbone):  # onnxruntime runs the graph: no torch-side layout or casts
+            extract_options = {**extract_options, "channels_last": False, "compile": False, "bf16": False}
+            fp16 = False
         log.info("embedding %d images (%s) with %s", n, "+".join(todo), model_path)
         res = fx.extract_features(backbone, image_path, meta.images, meta.landmarks, views=todo,
                                   batch_size=batch_size, device=device, fp16=fp16, workers=workers,
