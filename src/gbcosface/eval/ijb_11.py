@@ -8,10 +8,12 @@ entry. `bench/bench_ijb_scoring.py` measures both.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -160,8 +162,6 @@ class Verification11:
 
     def headline(self, metrics: dict[str, Any], at: float) -> float:
         """TAR (nearest convention) at FAR `at`; NaN when the cell is not meaningful."""
-        import math
-
         for cell in metrics["tar_at_far"]["nearest"]:
             if math.isclose(cell["far"], at, rel_tol=1e-9):
                 return float("nan") if cell["tar"] is None else float(cell["tar"])
