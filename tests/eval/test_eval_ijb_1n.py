@@ -105,6 +105,21 @@ def test_both_protocols_from_one_extraction_match_independent_loops(tmp_path, ij
     html = (out / "report.html").read_text()
     assert "1:N identification" in html and html.count("data:image/png;base64,") == 3
 
+    # What the evaluate step hands the DAG: the 1:1 scalars stay, the 1:N ones join them.
+    from gbcosface.eval.report import format_identification_markdown, identification_rows
+    from gbcosface.steps.evaluate import kfp_metrics
+
+    k = kfp_metrics(m)
+    assert "auc" in k and any(name.startswith("tar_at_far_") for name in k)
+    assert k["ident_insightface_union_rank1"] == ident["insightface"]["G1+G2"]["cmc"]["1"]
+    assert k["ident_open_set_mean_rank5"] == ident["open_set"]["mean"]["cmc"]["5"]
+    rows = identification_rows(m)
+    assert [(r["convention"], r["gallery"]) for r in rows] == [
+        ("insightface", "G1"), ("insightface", "G2"), ("insightface", "mean"), ("insightface", "G1+G2"),
+        ("open_set", "G1"), ("open_set", "G2"), ("open_set", "mean")]
+    md = format_identification_markdown(m)
+    assert f"| insightface (ijb_1n.py) | G1+G2 | {100 * ident['insightface']['G1+G2']['cmc']['1']:.2f} |" in md
+
 
 def test_1n_only_uses_no_pair_file_and_checks_1n_meta_before_embedding(tmp_path, ijb1n, tiny_backbone, capsys):
     root, fields, _, _ = ijb1n

@@ -19,6 +19,7 @@ torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec; de
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,19 +48,21 @@ def decode_images(data: Sequence[torch.Tensor], device: torch.device | str) -> t
     device = torch.device(device)
     if not data:
         return [], []
-    try:
-        imgs = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
-        return list(imgs), [True] * len(imgs)
-    except (RuntimeError, ValueError):
-        out, ok = [], []
-        for d in data:
-            try:
-                out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-                ok.append(True)
-            except (RuntimeError, ValueError):
-                out.append(None)
-                ok.append(False)
-        return out, ok
+    with warnings.catch_warnings():  # torchvision 0.29 warns on every call that TorchCodec supersedes it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            imgs = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
+            return list(imgs), [True] * len(imgs)
+        except (RuntimeError, ValueError):
+            out, ok = [], []
+            for d in data:
+                try:
+                    out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+                    ok.append(True)
+                except (RuntimeError, ValueError):
+                    out.append(None)
+                    ok.append(False)
+            return out, ok
 
 
 def _theta(matrices: np.ndarray, heights: np.ndarray, widths: np.ndarray, size: int) -> np.ndarray:
