@@ -162,6 +162,8 @@ def test_protocol_names():
     assert [p.name for p in get_protocols("1n")] == ["1N"]
     with pytest.raises(ValueError, match="one of 11, 1N, both"):
         get_protocols("2N")
+    with pytest.raises(ValueError, match="CMC ranks must be positive integers"):
+        get_protocols("1N", ranks=(0, 5))
 
 
 def test_onnx_model_evaluates_like_the_torch_backbone(tmp_path, ijb1n, tiny_backbone):

@@ -57,6 +57,9 @@ class Identification1N:
     title = "1:N identification"
 
     def __init__(self, ranks: Sequence[int] = DEFAULT_RANKS) -> None:
+        bad = [r for r in ranks if int(r) != r or r < 1]
+        if bad or not ranks:
+            raise ValueError(f"CMC ranks must be positive integers, got {list(ranks)}")
         self.ranks = tuple(int(r) for r in ranks)
 
     def meta_files(self, root: str | os.PathLike, target: str) -> list[Path]:
