@@ -36,7 +36,7 @@ import numpy as np
 CONVENTIONS_1N = ("insightface", "open_set")
 DEFAULT_RANKS: tuple[int, ...] = (1, 5, 10, 20)
 DEFAULT_FPIRS: tuple[float, ...] = (0.01, 0.1)
-MIN_SEARCHES_PER_FPIR = 10  # an FPIR cell needs at least 10/FPIR non-mated searches (or probes) to mean much
+MIN_SEARCHES_PER_FPIR = 1  # as roc.py's 1/FAR: at least one false alarm must fit under the FPIR
 
 __all__ = ["CONVENTIONS_1N", "DEFAULT_FPIRS", "DEFAULT_RANKS", "SearchOutcomes", "TpirCell", "identification_metrics",
            "search"]
