@@ -1,4 +1,4 @@
-"""IJB-C-scale scoring benchmark: template aggregation, pair scores, TAR@FAR (both conventions), AUC.
+"""IJB-scale scoring benchmark: template aggregation, pair scores, TAR@FAR (both conventions), AUC, 1:N search.
 
 Random features at IJB-C's size (469,375 x 512 float32, 23,124 templates with a realistic mix of
 still images and video frames, 15,658,489 pairs of which 19,557 genuine), shaped like the real 1:1
@@ -8,6 +8,10 @@ Features carry an identity signal, so the scores look like a trained model's.
 Prints seconds and peak memory per stage for `gbcosface.eval` and for a BASELINE written plainly
 here in the official script's style (a Python loop over templates, chunked per-pair gathers,
 sklearn's roc_curve), on the same data in the same run, and checks that both give the same TAR.
+1:N: the gallery templates split into two galleries (G1/G2, as IJB-C's), every probe searched in both
+and in their union, both conventions (eval/ijb_1n.py), against ijb_1n.py's maths written plainly (full
+similarity matrix, argsort, a sort of all non-mated scores) on the union.
+`--target ijbb` uses IJB-B's sizes (227,630 images, 12,115 templates, 8,010,270 pairs, 1,845 gallery).
 Run: `OMP_NUM_THREADS=2 .venv/bin/python bench/bench_ijb_scoring.py` (`--scale 0.1` for a quick run).
 """
 
@@ -25,18 +29,24 @@ from collections.abc import Callable
 import numpy as np
 import sklearn.metrics
 
-from gbcosface.eval.ijb import image_weights, pair_scores, template_features
+from gbcosface.eval.ijb import image_weights, template_features
+from gbcosface.eval.ijb_11 import pair_scores
 from gbcosface.eval.roc import DEFAULT_FARS, ScoreSet
 
-N_IMAGES, N_TEMPLATES, N_PAIRS, N_GENUINE, N_GALLERY = 469_375, 23_124, 15_658_489, 19_557, 3_531
+SIZES = {  # images, templates, pairs, genuine pairs, gallery templates
+    "ijbc": (469_375, 23_124, 15_658_489, 19_557, 3_531),
+    "ijbb": (227_630, 12_115, 8_010_270, 10_270, 1_845),
+}
+N_IMAGES, N_TEMPLATES, N_PAIRS, N_GENUINE, N_GALLERY = SIZES["ijbc"]
 
 
 # -------------------------------------------------------------------------------------------------
 # data
 
 
-def make_data(scale: float, seed: int, dim: int = 512) -> dict:
-    """Synthetic IJB-C: templates, medias, det scores, features and protocol pairs."""
+def make_data(scale: float, seed: int, dim: int = 512, target: str = "ijbc") -> dict:
+    """Synthetic IJB-C (or IJB-B): templates, medias, det scores, features, protocol pairs and 1:N subjects."""
+    N_IMAGES, N_TEMPLATES, N_PAIRS, N_GENUINE, N_GALLERY = SIZES[target]  # noqa: N806 - the module's names
     rng = np.random.default_rng(seed)
     n_img = int(N_IMAGES * scale)
     n_t = int(N_TEMPLATES * scale)
@@ -91,6 +101,7 @@ def make_data(scale: float, seed: int, dim: int = 512) -> dict:
     return {
         "feats": feats, "templates": templates, "medias": medias, "det": det,
         "p1": ids[p1[order]], "p2": ids[p2[order]], "label": label[order],
+        "gallery_ids": ids[:n_gal], "probe_ids": ids[n_gal:], "subject": subj,
     }
 
 
@@ -187,6 +198,53 @@ def baseline(data, fars):
     return {"scores": scores, "nearest": nearest, "strict": strict, "auc": auc, "time": stages}
 
 
+def one_n_meta(data):
+    """IJB1NMeta of the data: gallery templates of even subjects in G1, odd in G2; all probes mixed."""
+    from pathlib import Path
+
+    from gbcosface.data.ijb import IJB1NMeta, IJB1NSet
+
+    n_gal = data["gallery_ids"].size
+    subj = data["subject"]
+    lines = np.arange(2, 2 + n_gal)
+    sets = {g: IJB1NSet(Path(g), data["gallery_ids"][k::2], np.arange(n_gal)[k::2], lines[k::2])
+            for k, g in enumerate(("G1", "G2"))}
+    probes = IJB1NSet(Path("probe"), data["probe_ids"], subj[n_gal:], np.arange(2, 2 + data["probe_ids"].size))
+    return IJB1NMeta(galleries=sets, probes=probes)
+
+
+def ours_1n(data, fpirs=(0.01, 0.1)):
+    from gbcosface.eval.ijb_1n import Identification1N
+
+    w = image_weights(data["feats"], data["det"], norm_score=True, detector_score=True)
+    tf, ut = template_features(data["feats"], data["templates"], data["medias"], weights=w)
+    meta = one_n_meta(data)
+    proto = Identification1N()
+    searches, t_score, _ = measure(lambda: proto.score(tf, ut, meta), False)
+    metrics, t_metrics, _ = measure(lambda: proto.metrics(searches, fpirs), False)
+    return tf, ut, meta, metrics, {"search (G1, G2, union)": t_score, "metrics + curves": t_metrics}
+
+
+def baseline_1n(tf, ut, meta, fpirs=(0.01, 0.1)):
+    """ijb_1n.py's evaluation() on the union of the galleries, written plainly (numpy sort for heapq)."""
+    rows = {int(t): i for i, t in enumerate(ut.tolist())}
+    g_t = np.concatenate([meta.galleries["G1"].templates, meta.galleries["G2"].templates])
+    g_s = np.concatenate([meta.galleries["G1"].subjects, meta.galleries["G2"].subjects])
+    q = tf[[rows[int(t)] for t in meta.probes.templates.tolist()]]
+    g = tf[[rows[int(t)] for t in g_t.tolist()]]
+    col = {int(s): j for j, s in enumerate(g_s.tolist())}
+    mask = np.array([col[int(s)] for s in meta.probes.subjects.tolist()])
+    t = time.perf_counter()
+    sim = q @ g.T
+    top = np.argsort(-sim, axis=1)
+    cmc = {k: float(np.mean([mask[i] in top[i, :k] for i in range(len(mask))])) for k in (1, 5, 10, 20)}
+    pos = sim[np.arange(len(mask)), mask].copy()
+    sim[np.arange(len(mask)), mask] = -2.0
+    neg = np.sort(sim[sim > -2.0])[::-1]
+    tpir = {f: float(np.sum(pos > neg[math.ceil(len(mask) * f) - 1]) / len(mask)) for f in fpirs}
+    return cmc, tpir, time.perf_counter() - t
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -204,16 +262,38 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of IJB-C's size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--target", choices=sorted(SIZES), default="ijbc", help="whose sizes to take")
+    ap.add_argument("--only-1n", action="store_true", help="only the 1:N stages")
     args = ap.parse_args()
     fars = DEFAULT_FARS
     print(f"machine: {machine()}")
     t = time.perf_counter()
-    data = make_data(args.scale, args.seed)
+    data = make_data(args.scale, args.seed, target=args.target)
     print(f"data: {data['feats'].shape[0]:,} images x {data['feats'].shape[1]}, "
           f"{np.unique(data['templates']).size:,} templates, {np.unique(data['medias']).size:,} medias, "
           f"{data['label'].size:,} pairs ({int(data['label'].sum()):,} genuine), "
           f"{np.unique(data['p1']).size:,} first x {np.unique(data['p2']).size:,} second templates "
           f"(made in {time.perf_counter() - t:.1f} s)")
+
+    tf, ut, meta, ident, t1n = ours_1n(data)
+    print(f"\n1:N: {meta.probes.templates.size:,} probes x G1 {meta.galleries['G1'].templates.size:,} / "
+          f"G2 {meta.galleries['G2'].templates.size:,} gallery templates (eval.ijb_1n)   seconds")
+    for k, v in t1n.items():
+        print(f"  {k:<40} {v:8.3f}")
+    union = ident["insightface"]["G1+G2"]
+    print(f"  insightface G1+G2: rank-1 {100 * union['cmc']['1']:.2f} %, TPIR@1e-2 "
+          f"{100 * union['tpir_at_fpir'][0]['value']:.2f} %; open-set mean rank-1 "
+          f"{100 * ident['open_set']['mean']['cmc']['1']:.2f} %, TPIR@1e-2 "
+          f"{100 * ident['open_set']['mean']['tpir_at_fpir'][0]['value']:.2f} %")
+    if not args.skip_baseline:
+        cmc, tpir, t_base = baseline_1n(tf, ut, meta)
+        same = cmc == {int(k): v for k, v in union["cmc"].items()} and \
+            [tpir[f] for f in (0.01, 0.1)] == [c["value"] for c in union["tpir_at_fpir"]]
+        print(f"  ijb_1n.py-style baseline on the union: {t_base:.3f} s (one gallery set; ours did three); "
+              f"identical CMC and TPIR: {'yes' if same else 'NO'}")
+        assert same, (cmc, tpir, union)
+    if args.only_1n:
+        return
 
     mine = ours(data, fars, trace=False)
     mem = ours(data, fars, trace=True)["mem"]

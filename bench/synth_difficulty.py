@@ -34,7 +34,8 @@ from gbcosface.data.bin_sets import load_bin
 from gbcosface.data.ijb import load_aligned, read_ijb_meta
 from gbcosface.data.recordio import IndexedRecordReader, read_face_layout, unpack
 from gbcosface.data.synthetic.world import WorldSpec, generate_world, load_world
-from gbcosface.eval.ijb import pair_scores, template_features
+from gbcosface.eval.ijb import template_features
+from gbcosface.eval.ijb_11 import pair_scores
 from gbcosface.eval.roc import tar_at_far
 from gbcosface.eval.verification import evaluate_embeddings
 from gbcosface.heads import get_head

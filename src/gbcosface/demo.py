@@ -121,7 +121,7 @@ def evaluate_untrained(out: Path, *, seed: int, overrides: list[str]) -> dict[st
     import torch
 
     from gbcosface.config import load_config
-    from gbcosface.eval.ijb import evaluate_ijb
+    from gbcosface.eval.run_ijb import evaluate_ijb
     from gbcosface.models import backbone_from_config, save_backbone
 
     cfg = load_config("demo", overrides)
@@ -136,7 +136,7 @@ def evaluate_untrained(out: Path, *, seed: int, overrides: list[str]) -> dict[st
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from gbcosface.eval.ijb import format_comparison
+    from gbcosface.eval.report import format_comparison
 
     print()
     print(format_comparison({"untrained": summary["untrained"], "trained": summary["trained"]}))

@@ -15,7 +15,11 @@ from gbcosface.data.ijb import (
     load_aligned,
     load_ijb_image,
     meta_paths,
+    meta_paths_1n,
+    read_ijb_1n_meta,
+    read_ijb_1n_set,
     read_ijb_meta,
+    write_ijb_1n_meta,
     write_ijb_meta,
 )
 
@@ -127,3 +131,61 @@ def test_image_helpers(tmp_path):
     image_path(tmp_path, "img_1.jpg").write_bytes(b"not an image")
     with pytest.raises(DataFormatError, match=r"loose_crop/img_1\.jpg: IJB image 'img_1\.jpg' could not be decoded"):
         load_ijb_image(tmp_path, "img_1.jpg")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1:N files
+
+NIST_HEAD = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT"
+
+
+def test_1n_set_reads_nist_rows_one_per_image(tmp_path):
+    """The NIST layout: a header, one row per image, so templates repeat; only the first two columns count."""
+    path = tmp_path / "ijbc_1N_gallery_G1.csv"
+    path.write_text(f"{NIST_HEAD}\n11,7,img/1.jpg,1,10,20,30,40\n5,3,frames/2_1.png,2,1,2,3,4\n"
+                    "11,7,img/9.jpg,3,1,1,1,1\n8,9,img/3.jpg,,,,,\r\n")
+    s = read_ijb_1n_set(path)
+    assert s.templates.tolist() == [5, 8, 11] and s.subjects.tolist() == [3, 9, 7] and s.lines.tolist() == [3, 5, 2]
+
+
+def test_1n_paths_name_the_real_files():
+    assert {k: p.name for k, p in meta_paths_1n("R", "IJBC").items()} == {
+        "G1": "ijbc_1N_gallery_G1.csv", "G2": "ijbc_1N_gallery_G2.csv", "probe": "ijbc_1N_probe_mixed.csv"}
+    assert {k: p.name for k, p in meta_paths_1n("R", "ijbb").items()} == {
+        "S1": "ijbb_1N_gallery_S1.csv", "S2": "ijbb_1N_gallery_S2.csv", "probe": "ijbb_1N_probe_mixed.csv"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("11,7,a.jpg\n", r":1: expected a header starting TEMPLATE_ID,SUBJECT_ID"),
+    (f"{NIST_HEAD}\n11,7,a.jpg\n12,x,b.jpg\n", r":3: expected integer TEMPLATE_ID,SUBJECT_ID"),
+    (f"{NIST_HEAD}\n11,7,a.jpg\n12\n", r":3: expected integer TEMPLATE_ID,SUBJECT_ID"),
+    (f"{NIST_HEAD}\n11,7,a.jpg\n12,8,b.jpg\n11,9,c.jpg\n", r":4: template 11 has subject 9, but line 2 gives it subject 7"),
+    (f"{NIST_HEAD}\n11,7,a.jpg\n\n12,8,b.jpg\n", r":3: empty line"),
+])
+def test_1n_malformed_rows_name_file_and_line(tmp_path, text, message):
+    path = tmp_path / "ijbc_1N_probe_mixed.csv"
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match=rf"{path}{message}"):
+        read_ijb_1n_set(path)
+
+
+def test_1n_meta_round_trip_and_cross_checks(tmp_path):
+    galleries = {"G1": (np.array([3, 1]), np.array([30, 10])), "G2": (np.array([2]), np.array([20]))}
+    probes = (np.array([4, 5, 6]), np.array([10, 20, 40]))
+    write_ijb_1n_meta(tmp_path, "IJBC", galleries, probes, filenames={3: ["a.jpg", "b.jpg"], 4: ["c.jpg"]})
+    m = read_ijb_1n_meta(tmp_path, "ijbc", known_templates=np.arange(1, 7))
+    assert m.galleries["G1"].templates.tolist() == [1, 3] and m.galleries["G1"].subjects.tolist() == [10, 30]
+    assert m.probes.templates.tolist() == [4, 5, 6] and m.probes.subjects.tolist() == [10, 20, 40]
+    assert (tmp_path / "meta" / "ijbc_1N_gallery_G1.csv").read_text().splitlines()[1:3] == [
+        "3,30,a.jpg,,,,,", "3,30,b.jpg,,,,,"]
+    g2 = meta_paths_1n(tmp_path, "ijbc")["G2"]
+    with pytest.raises(DataFormatError, match=rf"{meta_paths_1n(tmp_path, 'ijbc')['probe']}:4: template 6 has no image"):
+        read_ijb_1n_meta(tmp_path, "ijbc", known_templates=np.arange(1, 6))
+    g2.write_text(f"{NIST_HEAD}\n2,20,x.jpg\n7,20,y.jpg\n")
+    with pytest.raises(DataFormatError, match=rf"{g2}:3: subject 20 has a second gallery template"):
+        read_ijb_1n_meta(tmp_path, "ijbc")
+    g2.unlink()
+    with pytest.raises(DataFormatError, match=rf"{g2}: IJB meta file not found"):
+        read_ijb_1n_meta(tmp_path, "ijbc")
+    with pytest.raises(ValueError, match="galleries are"):
+        write_ijb_1n_meta(tmp_path, "IJBB", galleries, probes)

@@ -12,7 +12,7 @@ import pytest
 
 from gbcosface.data.align import ARCFACE_TEMPLATE, similarity_transform
 from gbcosface.data.bin_sets import load_bin
-from gbcosface.data.ijb import load_ijb_image, read_ijb_meta
+from gbcosface.data.ijb import load_ijb_image, read_ijb_1n_meta, read_ijb_meta
 from gbcosface.data.recordio import IndexedRecordReader, read_face_layout, read_property, unpack
 from gbcosface.data.synthetic.identity import make_identity
 from gbcosface.data.synthetic.world import (
@@ -42,7 +42,8 @@ def world(tmp_path_factory) -> Path:
 def test_layout_and_world_json(world):
     for rel in ("train/train.rec", "train/train.idx", "train/property", "val/lfw.bin", "val/cfp_fp.bin",
                 "val/agedb_30.bin", "IJBC/meta/ijbc_face_tid_mid.txt", "IJBC/meta/ijbc_name_5pts_score.txt",
-                "IJBC/meta/ijbc_template_pair_label.txt", "world.json"):
+                "IJBC/meta/ijbc_template_pair_label.txt", "IJBC/meta/ijbc_1N_gallery_G1.csv",
+                "IJBC/meta/ijbc_1N_gallery_G2.csv", "IJBC/meta/ijbc_1N_probe_mixed.csv", "world.json"):
         assert (world / rel).is_file(), rel
     info = load_world(world)
     assert info["seed"] == TINY.seed and info["spec"] == dataclasses.asdict(TINY)
@@ -219,3 +220,26 @@ def test_cli_synth(tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 0
     assert load_world(out)["digest"] == info["digest"]
     assert main([*args[:-2], "--difficulty", "2", "--workers", "1", "--overwrite"]) == 2
+
+
+def test_1n_files_split_subjects_into_two_galleries_like_ijbc(world):
+    """Each identity enrols in exactly one gallery with its first template; its other templates are probes,
+    so every probe is mated in one gallery and non-mated in the other; the CSV rows list the images."""
+    meta = read_ijb_meta(world / "IJBC", "ijbc", pairs=False)
+    one_n = read_ijb_1n_meta(world / "IJBC", "ijbc", known_templates=meta.templates)
+    lay = ijb_layout(TINY)
+    g1, g2 = one_n.galleries["G1"], one_n.galleries["G2"]
+    assert set(one_n.galleries) == {"G1", "G2"}
+    assert not set(g1.subjects.tolist()) & set(g2.subjects.tolist())
+    assert set(g1.subjects.tolist()) | set(g2.subjects.tolist()) == set(one_n.probes.subjects.tolist())
+    assert g1.templates.size + g2.templates.size == TINY.eval_identities
+    assert one_n.probes.templates.size == TINY.eval_identities * (TINY.templates_per_identity - 1)
+    for s in (g1, g2, one_n.probes):
+        for t, subj in zip(s.templates.tolist(), s.subjects.tolist(), strict=True):
+            assert lay.template_identity[t] + 1 == subj
+    assert not set(one_n.probes.templates.tolist()) & (set(g1.templates.tolist()) | set(g2.templates.tolist()))
+    rows = (world / "IJBC/meta/ijbc_1N_probe_mixed.csv").read_text().splitlines()
+    assert rows[0].startswith("TEMPLATE_ID,SUBJECT_ID,FILENAME")
+    assert len(rows) - 1 == int(np.isin(meta.templates, one_n.probes.templates).sum())  # one row per image
+    counts = load_world(world)["counts"]
+    assert counts["ijbc_1n_gallery_G1"] == g1.templates.size and counts["ijbc_1n_probes"] == one_n.probes.templates.size

@@ -1,4 +1,4 @@
-"""Template aggregation, image weights and pair scores against plain loops."""
+"""Template aggregation, image weights (eval/ijb.py) and 1:1 pair scores (eval/ijb_11.py) against plain loops."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from gbcosface.eval.ijb import (
     UnknownTemplateError,
     image_weights,
-    pair_scores,
     template_features,
     template_rows,
 )
+from gbcosface.eval.ijb_11 import pair_scores
 
 
 def random_ijb(seed, n_templates=12, dim=8, max_medias=4, max_per_media=4, shared_media=True):

@@ -56,7 +56,7 @@ def test_comparison_has_one_column_per_model():
     text = format_comparison({"untrained": a, "trained": b})
     head = text.splitlines()[1]
     assert "untrained" in head and "trained" in head
-    assert "n/a: 1e-4: too few impostors; 1e-3: too few impostors" in text
+    assert "n/a: 1e-4: too few impostors" in text  # ~4,000 impostors: 1e-3 is resolvable (1/FAR rule)
     assert f"{100 * b['auc']:.4f}" in text.splitlines()[-2]
 
 

@@ -2,7 +2,9 @@
 
 Layout (ALGORITHMS.md section 6): `ROOT/loose_crop/<name>` images and
 `ROOT/meta/<t>_face_tid_mid.txt` (name template media), `ROOT/meta/<t>_name_5pts_score.txt`
-(name x1 y1 ... x5 y5 score) and `ROOT/meta/<t>_template_pair_label.txt` (t1 t2 label), t = ijbb | ijbc.
+(name x1 y1 ... x5 y5 score) and `ROOT/meta/<t>_template_pair_label.txt` (t1 t2 label), t = ijbb | ijbc;
+for 1:N identification `ROOT/meta/<t>_1N_gallery_{G1,G2 | S1,S2}.csv` and `<t>_1N_probe_mixed.csv`
+(NIST's CSVs: a header, then TEMPLATE_ID,SUBJECT_ID,FILENAME,... one row per image).
 
 Why this parser: IJB-C has 469k image lines and 15.7M pair lines. numpy's C `loadtxt` parses them in a
 few seconds; when it rejects a file (or a column count is off) a line-by-line pass finds the first bad
@@ -122,8 +124,8 @@ def _parse_named(path: Path, ncols: int, dtype, what: str) -> tuple[list[str], n
     return names, _parse_numeric(path, "\n".join(rows), ncols, dtype, what, line_offset=1)
 
 
-def read_ijb_meta(root: str | os.PathLike, target: str) -> IJBMeta:
-    """Read and cross-check the three meta files of `target` under `root`."""
+def read_ijb_meta(root: str | os.PathLike, target: str, pairs: bool = True) -> IJBMeta:
+    """Read and cross-check the three meta files of `target` under `root` (without the pair file if not `pairs`)."""
     tid_path, pts_path, pair_path = meta_paths(root, target)
     images, tm = _parse_named(tid_path, 2, np.int64, "'name template_id media_id'")
     pts_names, pts = _parse_named(pts_path, 11, np.float64, "'name x1 y1 ... x5 y5 score'")
@@ -132,6 +134,11 @@ def read_ijb_meta(root: str | os.PathLike, target: str) -> IJBMeta:
     if pts_names != images:
         i = next(i for i, (a, b) in enumerate(zip(images, pts_names, strict=True)) if a != b)
         raise DataFormatError(f"{pts_path}:{i + 1}: image {pts_names[i]!r} but {tid_path}:{i + 1} has {images[i]!r}")
+    if not pairs:
+        return IJBMeta(images=images, templates=tm[:, 0].copy(), medias=tm[:, 1].copy(),
+                       landmarks=pts[:, :10].astype(np.float32).reshape(-1, 5, 2),
+                       det_scores=pts[:, 10].astype(np.float32), pair_t1=np.zeros(0, np.int64),
+                       pair_t2=np.zeros(0, np.int64), pair_label=np.zeros(0, np.int64))
     pairs = _parse_numeric(pair_path, _read_text(pair_path), 3, np.int64, "'template1 template2 label'")
     bad = np.nonzero((pairs[:, 2] != 0) & (pairs[:, 2] != 1))[0]
     if bad.size:
@@ -162,6 +169,124 @@ def _member(values: np.ndarray, known: np.ndarray) -> np.ndarray:
         inside = (values >= 0) & (values < table.size)
         return inside & table[np.where(inside, values, 0)]
     return np.isin(values, known)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1:N identification protocol files
+
+GALLERIES_1N = {"ijbb": ("S1", "S2"), "ijbc": ("G1", "G2")}
+ID_HEADER = ("TEMPLATE_ID", "SUBJECT_ID")
+
+
+@dataclass
+class IJB1NSet:
+    """One 1:N protocol file: its templates (sorted, unique) and their subject ids."""
+
+    path: Path
+    templates: np.ndarray  # int64 (T,)
+    subjects: np.ndarray  # int64 (T,)
+    lines: np.ndarray  # int64 (T,): 1-based line of each template's first row (for messages)
+
+
+@dataclass
+class IJB1NMeta:
+    """The galleries (e.g. G1, G2 of IJB-C; S1, S2 of IJB-B) and the mixed probe set of a target."""
+
+    galleries: dict[str, IJB1NSet]
+    probes: IJB1NSet
+
+
+def meta_paths_1n(root: str | os.PathLike, target: str) -> dict[str, Path]:
+    """{gallery name or 'probe': path} of the 1:N files, e.g. `meta/ijbc_1N_gallery_G1.csv`."""
+    t = normalize_target(target)
+    meta = Path(root) / "meta"
+    paths = {g: meta / f"{t}_1N_gallery_{g}.csv" for g in GALLERIES_1N[t]}
+    paths["probe"] = meta / f"{t}_1N_probe_mixed.csv"
+    return paths
+
+
+def read_ijb_1n_set(path: str | os.PathLike) -> IJB1NSet:
+    """Read a 1:N protocol CSV: a header (TEMPLATE_ID,SUBJECT_ID,...), then one row per image of a template.
+
+    Only the first two columns are used (the NIST files go on with FILENAME, SIGHTING_ID and the face box).
+    A template's rows must all name the same subject.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    if not text:
+        raise DataFormatError(f"{path}:1: empty file (expected a header TEMPLATE_ID,SUBJECT_ID,...)")
+    head, _, body = text.partition("\n")
+    cols = [c.strip().strip('"').upper() for c in head.split(",")]
+    if tuple(cols[:2]) != ID_HEADER:
+        raise DataFormatError(f"{path}:1: expected a header starting TEMPLATE_ID,SUBJECT_ID, got {head[:80]!r}")
+    rows = [line.split(",", 2)[:2] for line in body.split("\n")] if body else []
+    try:
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    except ValueError:
+        for i, r in enumerate(rows):
+            try:
+                if len(r) != 2:
+                    raise ValueError
+                int(r[0]), int(r[1])
+            except ValueError:
+                raise DataFormatError(f"{path}:{i + 2}: expected integer TEMPLATE_ID,SUBJECT_ID,..., "
+                                      f"got {body.split(chr(10))[i][:80]!r}") from None
+        raise  # pragma: no cover - numpy and the line check disagree
+    templates, first, inverse = np.unique(arr[:, 0], return_index=True, return_inverse=True)
+    subjects = arr[first, 1]
+    clash = np.flatnonzero(arr[:, 1] != subjects[inverse])
+    if clash.size:
+        i = int(clash[0])
+        raise DataFormatError(f"{path}:{i + 2}: template {arr[i, 0]} has subject {arr[i, 1]}, but line "
+                              f"{first[inverse[i]] + 2} gives it subject {subjects[inverse[i]]}")
+    return IJB1NSet(path=path, templates=templates, subjects=subjects, lines=first + 2)
+
+
+def read_ijb_1n_meta(root: str | os.PathLike, target: str, known_templates: np.ndarray | None = None) -> IJB1NMeta:
+    """Read and cross-check the 1:N files of `target` (galleries and mixed probes) under `root/meta`.
+
+    Each gallery must hold one template per subject; with `known_templates` (the face_tid_mid templates),
+    every template must have images.
+    """
+    paths = meta_paths_1n(root, target)
+    sets = {name: read_ijb_1n_set(p) for name, p in paths.items()}
+    for name, s in sets.items():
+        if name != "probe":
+            order = np.argsort(s.subjects, kind="stable")
+            dup = np.flatnonzero(s.subjects[order][1:] == s.subjects[order][:-1])
+            if dup.size:
+                a, b = order[dup[0]], order[dup[0] + 1]
+                raise DataFormatError(f"{s.path}:{max(s.lines[a], s.lines[b])}: subject {s.subjects[b]} has a "
+                                      f"second gallery template ({s.templates[b]}; line {min(s.lines[a], s.lines[b])} "
+                                      f"has {s.templates[a]}): a gallery holds one template per subject")
+        if known_templates is not None:
+            unknown = np.flatnonzero(~_member(s.templates, np.asarray(known_templates)))
+            if unknown.size:
+                i = int(unknown[np.argmin(s.lines[unknown])])
+                tid = paths["probe"].parent / f"{normalize_target(target)}_face_tid_mid.txt"
+                raise DataFormatError(f"{s.path}:{s.lines[i]}: template {s.templates[i]} has no image in {tid}")
+    probes = sets.pop("probe")
+    return IJB1NMeta(galleries=sets, probes=probes)
+
+
+def write_ijb_1n_meta(root: str | os.PathLike, target: str, galleries: dict[str, tuple[np.ndarray, np.ndarray]],
+                      probes: tuple[np.ndarray, np.ndarray], filenames: dict[int, list[str]] | None = None) -> None:
+    """Write the 1:N CSVs of `target` (each atomically) in the NIST layout, one row per image of a template.
+
+    `galleries` maps the target's gallery names to (templates, subjects); `filenames` (template -> image
+    names) fills the FILENAME column; without it each template gets one row with an empty one.
+    """
+    t = normalize_target(target)
+    paths = meta_paths_1n(root, t)
+    if set(galleries) != set(GALLERIES_1N[t]):
+        raise ValueError(f"{t} galleries are {GALLERIES_1N[t]}, got {sorted(galleries)}")
+    paths["probe"].parent.mkdir(parents=True, exist_ok=True)
+    for name, (templates, subjects) in [*galleries.items(), ("probe", probes)]:
+        lines = ["TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT"]
+        for tmpl, subj in zip(np.asarray(templates).tolist(), np.asarray(subjects).tolist(), strict=True):
+            for fname in (filenames or {}).get(tmpl, [""]):
+                lines.append(f"{tmpl},{subj},{fname},,,,,")
+        _atomic_write_text(paths[name], "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -85,13 +85,25 @@ def _cmd_eval_ijb(args: argparse.Namespace) -> int:
         return _fail("--model-prefix (or --features) is required")
     result_dir = Path(args.result_dir) / args.job if args.job else Path(args.result_dir)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    from gbcosface.eval.run_ijb import ALL_FLAG_SETS
+
+    try:
+        fpirs = [float(f) for f in args.fpirs.split(",") if f.strip()]
+        ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
+    except ValueError:
+        return _fail(f"--fpirs and --ranks take comma-separated numbers, got {args.fpirs!r} and {args.ranks!r}")
+    options = {"bf16": args.bf16, "compile": args.compile, "decode": args.decode,
+               "progress_bar": False if args.no_progress else None}
+    if args.channels_last is not None:
+        options["channels_last"] = args.channels_last
     try:
         evaluate_ijb(
             model_path=args.model_prefix, image_path=args.image_path, target=args.target,
             result_dir=str(result_dir), backbone_type=args.backbone_type, batch_size=args.batch_size,
             flip=args.flip, norm_score=args.norm_score, detector_score=args.detector_score,
             skip_missing=args.skip_missing, device=args.device, workers=args.workers, fp16=args.fp16,
-            cache_dir=cache_dir, features_path=args.features,
+            cache_dir=cache_dir, features_path=args.features, protocols=args.protocol, ranks=ranks, fpirs=fpirs,
+            flag_sets=ALL_FLAG_SETS if args.flags == "all" else None, **options,
         )
     except (*_errors(), ValueError) as exc:
         return _fail(str(exc))
@@ -129,8 +141,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="also write the results as JSON here")
     p.set_defaults(func=_cmd_eval_bin)
 
-    p = subparsers.add_parser("eval-ijb", help="IJB-B / IJB-C 1:1 verification (TAR@FAR, ROC, report)")
-    p.add_argument("--model-prefix", "--model_prefix", default=None, help="backbone file (.pth/.pt)")
+    p = subparsers.add_parser("eval-ijb", help="IJB-B / IJB-C 1:1 verification and 1:N identification, report")
+    p.add_argument("--model-prefix", "--model_prefix", default=None,
+                   help="backbone file (.pth/.pt, or an exported .onnx run with onnxruntime)")
     p.add_argument("--image-path", "--image_path", required=True, help="IJB root holding loose_crop/ and meta/")
     p.add_argument("--result-dir", "--result_dir", default=".", help="where scores, metrics and report go")
     p.add_argument("--batch-size", "--batch_size", type=int, default=128)
@@ -149,12 +162,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-missing", action="store_true",
                    help="leave out missing/unreadable images (zero features, not counted) instead of failing")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
-    p.add_argument("--workers", type=int, default=None, help="image loading processes (default: min(8, cores))")
+    p.add_argument("--workers", type=int, default=None, help="image loading processes (default: min(32, cores))")
     p.add_argument("--fp16", action="store_true", help="half-precision inference on CUDA")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache (default: $GBCOSFACE_CACHE_DIR or ~/.cache/gbcosface, + /ijb-features)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
     p.add_argument("--features", default=None, help="use this (N, D) .npy of image features instead of a model")
+    p.add_argument("--protocol", default="11", choices=["11", "1N", "both"],
+                   help="11: 1:1 verification (default); 1N: 1:N identification (galleries, mixed probes); both")
+    p.add_argument("--ranks", default="1,5,10,20", help="1:N CMC ranks (comma-separated)")
+    p.add_argument("--fpirs", default="0.01,0.1", help="1:N FPIRs for TPIR@FPIR (comma-separated)")
+    p.add_argument("--flags", default=None, choices=["all"],
+                   help="all: also the 1:1 table of the 8 norm/detector/flip combinations (N/D/F), one extraction")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast inference (any device)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                   help="channels_last memory format (default: on for CUDA)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (worth it on CUDA)")
+    p.add_argument("--decode", default="cv2", choices=["cv2", "device"],
+                   help="cv2: decode and align in loader workers (official); device: JPEG decode + batched warp "
+                        "on --device (nvJPEG on CUDA)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when not a terminal)")
     p.set_defaults(func=_cmd_eval_ijb)
 
     p = subparsers.add_parser("export", help="export a backbone to ONNX (dynamic batch) with a parity check")

@@ -95,3 +95,47 @@ def check_parity(model: nn.Module, onnx_file: str | os.PathLike, image_size: int
         raise ExportParityError(f"{onnx_file}: onnxruntime differs from PyTorch by up to {max_abs:.3g} "
                                 f"(tolerance {atol} + {rtol} x |output|)")
     return {"max_abs_diff": max_abs, "max_abs_output": float(np.abs(ref).max()), "check_batch": batch}
+
+
+class OnnxBackbone(nn.Module):
+    """An exported `.onnx` backbone run by onnxruntime behind the nn.Module call the evaluation uses.
+
+    As insightface's onnx_ijbc.py: the same alignment, normalisation, aggregation and scoring, only the
+    embedding comes from onnxruntime (CUDA provider when the input is on a CUDA device and onnxruntime
+    has it, else the CPU). Inputs are float32 (B, 3, H, W) normalised RGB, as the export takes them.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a test dependency here
+            raise RuntimeError("evaluating an .onnx model needs onnxruntime (pip install 'gbcosface[onnx]')") from exc
+        self.path = str(path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: ONNX model not found")
+        self._ort = ort
+        self._sessions: dict[str, Any] = {}
+
+    def _session(self, device: torch.device):
+        kind = "cuda" if device.type == "cuda" and "CUDAExecutionProvider" in self._ort.get_available_providers() \
+            else "cpu"
+        if kind not in self._sessions:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if kind == "cuda" else ["CPUExecutionProvider"]
+            self._sessions[kind] = self._ort.InferenceSession(self.path, providers=providers)
+        return self._sessions[kind]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sess = self._session(x.device)
+        name = sess.get_inputs()[0].name
+        out = sess.run(None, {name: x.detach().float().contiguous().cpu().numpy()})[0]
+        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
+
+
+def load_model_file(path: str | os.PathLike, backbone_type: str | None = None) -> nn.Module:
+    """A backbone from a file: `.onnx` through onnxruntime (OnnxBackbone), anything else via load_backbone."""
+    if str(path).lower().endswith(".onnx"):
+        return OnnxBackbone(path)
+    from gbcosface.models import load_backbone
+
+    return load_backbone(path, name=backbone_type)

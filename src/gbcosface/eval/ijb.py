@@ -1,40 +1,65 @@
-"""IJB-B / IJB-C 1:1 verification maths: image features -> template features -> pair scores -> TAR@FAR.
+"""IJB-B / IJB-C template maths shared by both protocols: image features -> template features.
 
 The convention is ALGORITHMS.md section 6, which every published IJB number follows:
 image feature (f, or f + f_flip) -> optionally L2-normalised (norm score off) -> optionally times the
 detector score -> mean within each (template, media) -> summed over the template's medias ->
-L2-normalised -> cosine per pair -> sklearn-style ROC.
+L2-normalised. insightface's scripts share this aggregation between 1:1 verification and 1:N
+identification; only the scoring differs: `eval/ijb_11.py` (pairs, TAR@FAR) and `eval/ijb_1n.py`
+(gallery x probe search, CMC and TPIR@FPIR), both behind the `IJBProtocol` interface below.
 
-Why vectorised: IJB-C has 469,375 images, 23,124 templates and 15,658,489 pairs. The official script
-loops over templates in Python and gathers two 512-float rows per pair (about 64 GB of memory
-traffic); here aggregation is one sparse-matrix product, and scoring multiplies the template
-matrices of the two sides of the protocol block by block (IJB pairs join a small set of first
-templates to many others), then picks the pairs' entries. `bench/bench_ijb_scoring.py` measures both.
+Why vectorised: IJB-C has 469,375 images and 23,124 templates. The official script loops over
+templates in Python; here aggregation is one sparse-matrix product. `bench/bench_ijb_scoring.py`
+measures it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse
 
-from gbcosface.eval.roc import DEFAULT_FARS, ScoreSet, TarCell, tar_at_far
-
 __all__ = [
-    "DEFAULT_FARS",
-    "ScoreSet",
-    "TarCell",
+    "IJBProtocol",
     "UnknownTemplateError",
-    "evaluate_ijb",
-    "format_comparison",
-    "image_weights",
-    "pair_scores",
-    "tar_at_far",
     "compact_ranks",
+    "image_weights",
     "template_features",
     "template_rows",
 ]
+
+
+class IJBProtocol(Protocol):
+    """One IJB protocol over the shared template features: what it reads, how it scores, what it reports.
+
+    `name` is the CLI spelling ("11", "1N"); `title` what reports call it.
+    """
+
+    name: str
+    title: str
+
+    def meta_files(self, root: str | os.PathLike, target: str) -> list[Path]:
+        """The protocol's own meta files (their sha256 goes into metrics.json)."""
+        ...
+
+    def read_meta(self, root: str | os.PathLike, target: str, base: Any) -> Any:
+        """Parse and check the protocol files against `base` (data.ijb.IJBMeta); errors name file:line."""
+        ...
+
+    def score(self, tfeats: np.ndarray, templates: np.ndarray, meta: Any) -> Any:
+        """Scores from the template features (rows of `templates`; all-zero rows have no features)."""
+        ...
+
+    def metrics(self, scores: Any, at: Sequence[float]) -> dict[str, Any]:
+        """The protocol's metrics at the operating points `at` (FARs for 1:1, FPIRs for 1:N)."""
+        ...
+
+    def headline(self, metrics: dict[str, Any], at: float) -> float:
+        """The one number a gate reads (NaN when it is not meaningful)."""
+        ...
 
 
 class UnknownTemplateError(ValueError):
@@ -183,86 +208,3 @@ def compact_ranks(unique_templates: np.ndarray, ids: np.ndarray, column: str) ->
     rows = template_rows(ut, ids, column)
     used_rows, ranks = np.unique(rows, return_inverse=True)
     return ranks.astype(np.int32), used_rows
-
-
-def _is_sorted(a: np.ndarray) -> bool:
-    return bool(a.size < 2 or np.all(a[1:] >= a[:-1]))
-
-
-def pair_scores(
-    feats: np.ndarray,
-    unique_templates: np.ndarray,
-    p1: np.ndarray,
-    p2: np.ndarray,
-    block_bytes: int = 64 << 20,
-    dense_ratio: float = 8.0,
-) -> np.ndarray:
-    """Cosine score of each pair (p1[i], p2[i]) of template ids, from normalised `feats` (float64 for float64 feats).
-
-    When the distinct first and second templates form a block not much larger than the number of
-    pairs (`dense_ratio`), scores come from matrix products of one side's templates, a block of rows
-    at a time (each product at most `block_bytes`), against all of the other side's, and each pair
-    picks its entry. The blocked side is one the pairs are sorted by when there is one (IJB's pair
-    files run through the first templates in order), so each block's pairs are a contiguous run;
-    otherwise a radix sort of the block numbers groups them. Sparse protocols get chunked row-wise
-    dot products instead. Memory stays bounded either way.
-    """
-    feats = np.asarray(feats)
-    p1, p2 = np.asarray(p1), np.asarray(p2)
-    if p1.shape != p2.shape or p1.ndim != 1:
-        raise ValueError(f"p1 and p2 must be equally long 1-D arrays, got {p1.shape} and {p2.shape}")
-    out = np.empty(p1.size, dtype=np.result_type(feats.dtype, np.float32))
-    if p1.size == 0:
-        template_rows(unique_templates, p1, "first template")
-        return out
-    rank1, rows1 = compact_ranks(unique_templates, p1, "first template")
-    rank2, rows2 = compact_ranks(unique_templates, p2, "second template")
-    k1, k2 = rows1.size, rows2.size
-    if k1 * k2 > dense_ratio * p1.size:
-        _rowwise_scores(feats, rows1[rank1], rows2[rank2], out)
-        return out
-    sorted1 = _is_sorted(rank1)
-    if (not sorted1 and _is_sorted(rank2)) or (not sorted1 and k1 < k2):
-        rank1, rank2, rows1, rows2, k1, k2 = rank2, rank1, rows2, rows1, k2, k1  # block side 1
-        sorted1 = _is_sorted(rank1)
-    whole = feats[rows2]
-    per_block = max(1, min(k1, block_bytes // max(1, feats.itemsize * k2)))
-    starts = np.arange(0, k1, per_block)
-    if sorted1:
-        bounds = np.append(np.searchsorted(rank1, starts), rank1.size)
-        order = None
-    else:  # group the pairs by block: a stable radix sort of small integer keys is linear
-        block_of = rank1 // per_block
-        key = block_of.astype(np.uint8 if starts.size <= 256 else np.uint16 if starts.size <= 65536 else np.int64)
-        order = np.argsort(key, kind="stable")
-        bounds = np.append(0, np.cumsum(np.bincount(block_of, minlength=starts.size)))
-    for blk, lo in enumerate(starts.tolist()):
-        s, e = int(bounds[blk]), int(bounds[blk + 1])
-        if s == e:
-            continue
-        hi = min(k1, lo + per_block)
-        m = feats[rows1[lo:hi]] @ whole.T  # (hi - lo, k2)
-        idx = slice(s, e) if order is None else order[s:e]
-        flat = (rank1[idx] - lo).astype(np.int64) * k2 + rank2[idx]
-        out[idx] = np.take(m.ravel(), flat)
-    return out
-
-
-def _rowwise_scores(feats: np.ndarray, r1: np.ndarray, r2: np.ndarray, out: np.ndarray, chunk: int = 1 << 16) -> None:
-    for s in range(0, r1.size, chunk):
-        e = min(r1.size, s + chunk)
-        out[s:e] = np.einsum("ij,ij->i", feats[r1[s:e]], feats[r2[s:e]])
-
-
-def evaluate_ijb(model_path: str, image_path: str, target: str, result_dir: str, **kwargs: Any) -> dict:
-    """Embed, aggregate, score and report one IJB target; see `gbcosface.eval.run_ijb.evaluate_ijb`."""
-    from gbcosface.eval.run_ijb import evaluate_ijb as run
-
-    return run(model_path=model_path, image_path=image_path, target=target, result_dir=result_dir, **kwargs)
-
-
-def format_comparison(results: dict[str, dict]) -> str:
-    """A TAR@FAR table with one column per named metrics dict (as evaluate_ijb returns)."""
-    from gbcosface.eval.report import format_comparison as fmt
-
-    return fmt(results)

@@ -1,4 +1,4 @@
-"""Human-facing IJB results: the TAR@FAR table (text, Markdown), roc.png and a self-contained report.html.
+"""Human-facing IJB results: TAR@FAR and 1:N tables (text, Markdown), roc.png, cmc.png, det.png, report.html.
 
 Why every output repeats the flags: flip / norm score / detector score alone move IJB-C TAR@1e-4 by
 about 0.6 points, so a number without them cannot be compared. Cells that mean nothing (too few
@@ -16,8 +16,11 @@ import numpy as np
 
 from gbcosface.eval._io import atomic_write_bytes
 
-__all__ = ["atomic_write_bytes", "downsample_curve", "flags_text", "format_comparison", "format_markdown",
-           "format_table", "render_html", "roc_png"]
+__all__ = ["atomic_write_bytes", "downsample_curve", "flags_text", "format_comparison", "format_flags_table",
+           "format_identification_markdown", "format_identification_table", "format_markdown", "format_table",
+           "identification_pngs", "identification_rows", "render_html", "roc_png"]
+
+CONVENTION_TITLES = {"insightface": "insightface (ijb_1n.py)", "open_set": "open-set (NIST)"}
 
 
 def _pct(cell: dict) -> str:
@@ -131,33 +134,205 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str)
     return buf.getvalue()
 
 
-def render_html(metrics: dict, png: bytes) -> str:
-    """A self-contained page: flags, lineage, the TAR table (both conventions) and the embedded ROC."""
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.2f}"
+
+
+def identification_rows(metrics: dict) -> list[dict]:
+    """One row per (convention, gallery or mean or union): CMC (%) at the ranks, TPIR (%) at the FPIRs.
+
+    The rows the demo's and the report's 1:N tables print: ``{"convention", "gallery", "cmc": {rank: %},
+    "tpir": {fpir: % or None}, "reasons": [...]}``.
+    """
+    ident = metrics["identification"]
+    rows = []
+    for conv in ("insightface", "open_set"):
+        section = ident.get(conv) or {}
+        for g in [*ident["galleries"], "mean", *([ident["combined"]] if ident.get("combined") else [])]:
+            block = section.get(g)
+            if not block:
+                continue
+            cells = block["tpir_at_fpir"]
+            rows.append({"convention": conv, "gallery": g,
+                         "cmc": {int(k): 100.0 * v for k, v in block["cmc"].items()},
+                         "tpir": {c["fpir"]: (None if c["tpir"] is None else 100.0 * c["tpir"]) for c in cells},
+                         "reasons": sorted({c["reason"] for c in cells if c.get("reason")})})
+    return rows
+
+
+def _ident_header(metrics: dict) -> str:
+    ident = metrics["identification"]
+    c = ident["counts"]
+    gals = ", ".join(f"{g} {c['galleries'][g]['templates']:,} templates ({c['galleries'][g]['mated_probes']:,} mated"
+                     f" / {c['galleries'][g]['nonmated_probes']:,} non-mated probes)" for g in ident["galleries"])
+    return f"{c['probes']:,} probe templates; {gals}"
+
+
+def format_identification_table(metrics: dict) -> str:
+    """The 1:N table as plain text: CMC rank-k (%) and TPIR (%) @ FPIR, per gallery, mean and union."""
+    ident = metrics["identification"]
+    ranks, fpirs = ident["ranks"], ident["fpirs"]
+    head = (f"{'convention':<24} {'gallery':<8}" + "".join(f"{'rank-' + str(k):>9}" for k in ranks)
+            + "".join(f"{'TPIR@' + _far(f):>12}" for f in fpirs))
+    lines = [f"{metrics['target']} 1:N identification, rates (%)  [{flags_text(metrics['flags'])}]",
+             _ident_header(metrics), head]
+    notes = set()
+    for r in identification_rows(metrics):
+        lines.append(f"{CONVENTION_TITLES[r['convention']]:<24} {r['gallery']:<8}"
+                     + "".join(f"{r['cmc'][k]:>9.2f}" for k in ranks)
+                     + "".join(f"{'n/a' if r['tpir'][f] is None else format(r['tpir'][f], '.2f'):>12}" for f in fpirs))
+        notes.update(r["reasons"])
+    lines.append("insightface: closed set over mated probes, threshold from all non-mated scores (FPIR = false "
+                 "alarms per probe); open-set: TPIR at rank 1, FPIR over non-mated searches.")
+    if notes:
+        lines.append("n/a: " + "; ".join(sorted(notes)))
+    return "\n".join(lines)
+
+
+def format_identification_markdown(metrics: dict) -> str:
+    """The 1:N table in Markdown (for a KFP Markdown artifact and the demo)."""
+    ident = metrics["identification"]
+    ranks, fpirs = ident["ranks"], ident["fpirs"]
+    rows = [f"**{metrics['target']} 1:N identification** ({flags_text(metrics['flags'])}); {_ident_header(metrics)}",
+            "",
+            "| convention | gallery | " + " | ".join(f"rank-{k} %" for k in ranks) + " | "
+            + " | ".join(f"TPIR@FPIR={_far(f)} %" for f in fpirs) + " |",
+            "| --- | --- |" + " --- |" * (len(ranks) + len(fpirs))]
+    for r in identification_rows(metrics):
+        rows.append(f"| {CONVENTION_TITLES[r['convention']]} | {r['gallery']} | "
+                    + " | ".join(f"{r['cmc'][k]:.2f}" for k in ranks) + " | "
+                    + " | ".join("n/a" if r["tpir"][f] is None else f"{r['tpir'][f]:.2f}" for f in fpirs) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def format_flags_table(metrics: dict, convention: str = "nearest") -> str:
+    """The N/D/F flag table: 1:1 TAR (%) at each FAR for each flag combination (insightface's names)."""
+    table = metrics["flags_table"]
+    fars = metrics["fars"]
+    lines = [f"{metrics['target']} 1:1 TAR (%) @ FAR by flags ({convention} convention; N norm score, "
+             f"D detector score, F flip)",
+             f"{'flags':<8}" + "".join(f"{_far(f):>9}" for f in fars) + f"{'AUC':>10}"]
+    for name, row in table.items():
+        cells = row["tar_at_far"][convention]
+        lines.append(f"{name:<8}" + "".join(f"{'n/a' if c['tar'] is None else format(100 * c['tar'], '.2f'):>9}"
+                                            for c in cells) + f"{100 * row['auc']:>10.4f}")
+    return "\n".join(lines)
+
+
+def identification_pngs(metrics: dict) -> tuple[bytes, bytes]:
+    """(CMC plot, TPIR-vs-FPIR plot) PNG bytes from the identification curves."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    ident = metrics["identification"]
+    curves = ident["curves"]
+    title = f"{metrics['target']} ({flags_text(metrics['flags'])})"
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for g, c in curves["cmc"].items():
+        ax.plot(c["rank"], c["rate"], lw=1.2, marker=".", label=g)
+    ax.set_xscale("log")
+    ax.set_xlabel("Rank")
+    ax.set_ylabel("Identification rate")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(linestyle="--", linewidth=0.8)
+    ax.set_title(f"CMC on {title}")
+    ax.legend(loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    cmc = buf.getvalue()
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for conv, per in curves["det"].items():
+        for g, c in per.items():
+            ax.plot(c["fpir"], c["tpir"], lw=1.2, ls="-" if conv == "open_set" else "--",
+                    label=f"{g}, {CONVENTION_TITLES[conv]}")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("False Positive Identification Rate")
+    ax.set_ylabel("True Positive Identification Rate")
+    ax.grid(linestyle="--", linewidth=0.8)
+    ax.set_title(f"TPIR vs FPIR on {title}")
+    ax.legend(loc="lower right", fontsize="x-small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return cmc, buf.getvalue()
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def render_html(metrics: dict, png: bytes | None, extra_pngs: dict[str, bytes] | None = None) -> str:
+    """A self-contained page: flags, lineage, the TAR table (both conventions) with the embedded ROC, the 1:N
+    tables with the CMC and TPIR-FPIR plots beside it, and the flag table when present."""
     e = html.escape
-    rows = "".join(
-        f"<tr><td>{e(_far(n['far']))}</td><td>{e(_pct(n))}</td><td>{e(_pct(s))}</td>"
-        f"<td>{n['fpr']:.3g}</td></tr>"
-        for n, s in zip(metrics["tar_at_far"]["nearest"], metrics["tar_at_far"]["strict"], strict=True)
-    )
-    counts = "".join(f"<tr><th>{e(k)}</th><td>{e(f'{v:,}' if isinstance(v, int) else str(v))}</td></tr>"
-                     for k, v in metrics["counts"].items())
-    data = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in metrics["data"]["meta_sha256"].items())
-    model = metrics["model"]
-    img = base64.b64encode(png).decode("ascii")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(metrics['target'])} 1:1 verification</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #bbb;padding:.25em .6em;text-align:left}}</style></head><body>
-<h1>{e(metrics['target'])} 1:1 verification</h1>
-<p><b>Flags:</b> {e(flags_text(metrics['flags']))}. Official GB-CosFace evaluation: flip off, norm score on,
-detector score on.</p>
-<h2>TAR @ FAR (%)</h2>
+    pngs = extra_pngs or {}
+    sections = []
+    if "tar_at_far" in metrics:
+        rows = "".join(
+            f"<tr><td>{e(_far(n['far']))}</td><td>{e(_pct(n))}</td><td>{e(_pct(s))}</td>"
+            f"<td>{n['fpr']:.3g}</td></tr>"
+            for n, s in zip(metrics["tar_at_far"]["nearest"], metrics["tar_at_far"]["strict"], strict=True)
+        )
+        roc = _img(png, "ROC curve") if png else ""
+        sections.append(f"""<h2>1:1 verification: TAR @ FAR (%)</h2>
 <table><tr><th>FAR</th><th>TAR, nearest ROC point (published convention)</th><th>TAR, strict (FPR &le; FAR)</th>
 <th>FPR of the nearest point</th></tr>{rows}</table>
 <p>AUC {100.0 * metrics['auc']:.4f} %. "nearest": among the points of sklearn's roc_curve (drop_intermediate),
 the one with FPR nearest to the target (it may lie above it). "strict": the largest TPR with FPR &le; FAR.
-A cell is n/a with fewer than 10/FAR impostor pairs or when the scores separate perfectly.</p>
-<img alt="ROC curve" src="data:image/png;base64,{img}">
+A cell is n/a with fewer than 1/FAR impostor pairs (the FAR cannot be reached) or when the scores separate
+perfectly; its value is still in metrics.json.</p>
+{roc}""")
+    if "identification" in metrics:
+        ident = metrics["identification"]
+        ranks, fpirs = ident["ranks"], ident["fpirs"]
+        head = "".join(f"<th>rank-{k}</th>" for k in ranks) + "".join(f"<th>TPIR@FPIR={e(_far(f))}</th>" for f in fpirs)
+        body = "".join(
+            f"<tr><td>{e(CONVENTION_TITLES[r['convention']])}</td><td>{e(r['gallery'])}</td>"
+            + "".join(f"<td>{r['cmc'][k]:.2f}</td>" for k in ranks)
+            + "".join(f"<td>{'n/a' if r['tpir'][f] is None else format(r['tpir'][f], '.2f')}</td>" for f in fpirs)
+            + "</tr>" for r in identification_rows(metrics))
+        plots = "".join(_img(pngs[n], alt) for n, alt in (("cmc.png", "CMC curve"), ("det.png", "TPIR vs FPIR"))
+                        if n in pngs)
+        sections.append(f"""<h2>1:N identification (%)</h2>
+<p>{e(_ident_header(metrics))}.</p>
+<table><tr><th>convention</th><th>gallery</th>{head}</tr>{body}</table>
+<p>insightface (ijb_1n.py): closed set over the probes mated in the gallery; the threshold at FPIR f is the
+ceil(f &times; probes)-th largest of all non-mated probe &times; gallery scores, and TPIR counts mated scores above
+it at any rank; its published numbers are those on the galleries' union. Open-set (NIST): TPIR counts mated searches
+with the mate at rank 1 above the threshold, the largest such rate with FPIR (share of non-mated searches whose
+best score reaches the threshold) &le; f. "mean" is the plain mean over the galleries.</p>
+{plots}""")
+    if "flags_table" in metrics:
+        fars = metrics["fars"]
+        head = "".join(f"<th>{e(_far(f))}</th>" for f in fars)
+        body = "".join(
+            f"<tr><td>{e(name)}</td>" + "".join(f"<td>{e(_pct(c))}</td>" for c in row["tar_at_far"]["nearest"])
+            + f"<td>{100 * row['auc']:.4f}</td></tr>" for name, row in metrics["flags_table"].items())
+        sections.append(f"""<h2>1:1 TAR (%) by flags (nearest convention)</h2>
+<table><tr><th>flags</th>{head}<th>AUC</th></tr>{body}</table>
+<p>N norm score, D detector score, F flip test (1 on, 0 off), all from one feature extraction.</p>""")
+    counts = "".join(f"<tr><th>{e(k)}</th><td>{e(f'{v:,}' if isinstance(v, int) else str(v))}</td></tr>"
+                     for k, v in metrics["counts"].items())
+    data = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in metrics["data"]["meta_sha256"].items())
+    model = metrics["model"]
+    what = " and ".join(t for k, t in (("tar_at_far", "1:1 verification"), ("identification", "1:N identification"))
+                        if k in metrics)
+    body = "\n".join(sections)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(metrics['target'])} {e(what)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #bbb;padding:.25em .6em;text-align:left}}</style></head><body>
+<h1>{e(metrics['target'])} {e(what)}</h1>
+<p><b>Flags:</b> {e(flags_text(metrics['flags']))}. Official GB-CosFace evaluation: flip off, norm score on,
+detector score on.</p>
+{body}
 <h2>Model</h2><table><tr><th>path</th><td><code>{e(str(model.get('path')))}</code></td></tr>
 <tr><th>sha256</th><td><code>{e(str(model.get('sha256')))}</code></td></tr>
 <tr><th>backbone</th><td>{e(str(model.get('backbone_type')))}</td></tr></table>

@@ -27,7 +27,11 @@ import numpy as np
 
 DEFAULT_FARS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 CONVENTIONS = ("nearest", "strict")
-MIN_IMPOSTORS_PER_FAR = 10  # a cell needs at least 10/FAR impostor pairs to mean anything
+# A cell needs at least 1/FAR impostor pairs: with fewer, not even one false accept fits under the FAR, so no
+# operating point can lie near it. This is where the published tables stop: IJB-B's 8,000,000 impostors
+# print TAR@1e-6 (8 false accepts), IJB-C's 15.6M as well; neither protocol prints 1e-7. (It was 10/FAR,
+# which blanked IJB-B's 1e-6.) The value stays in every cell either way.
+MIN_IMPOSTORS_PER_FAR = 1
 
 REASON_FEW_IMPOSTORS = "too few impostors"
 REASON_SEPARATED = "scores separate perfectly"
@@ -259,7 +263,7 @@ def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars=DEFAULT_FARS, conven
                score_set: ScoreSet | None = None) -> list[TarCell]:
     """TAR at each FAR in `fars` under `convention` ("nearest" | "strict"); one TarCell per FAR.
 
-    A cell is marked not meaningful (``tar`` None, ``reason`` set) when there are fewer than 10/FAR
+    A cell is marked not meaningful (``tar`` None, ``reason`` set) when there are fewer than 1/FAR
     impostor pairs, or when the scores separate genuine from impostor pairs perfectly.
     """
     ss = score_set or ScoreSet(labels, scores)

@@ -1,4 +1,5 @@
-"""Evaluate step: IJB 1:1 verification of the trained backbone on the pinned dataset.
+"""Evaluate step: IJB 1:1 verification (and 1:N identification when the target has its files) of the
+trained backbone on the pinned dataset.
 
 Why the step re-stages: the evaluation pod starts empty on a cluster; it fetches only the IJB part
 of the pinned manifest (verified), and on one machine finds it already staged and fetches nothing.
@@ -28,27 +29,61 @@ def gate_value(metrics: dict[str, Any], far: float, convention: str = "nearest")
 
 
 def kfp_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Scalars for the KFP Metrics artifact: both conventions, meaningful cells only, plus AUC."""
-    out: dict[str, float] = {"auc": float(metrics["auc"])}
-    for convention, cells in metrics["tar_at_far"].items():
-        for cell in cells:
-            if cell["tar"] is not None:
-                out[f"tar_at_far_{cell['far']:.0e}_{convention}"] = float(cell["tar"])
+    """Scalars for the KFP Metrics artifact: both TAR conventions, meaningful cells only, plus AUC; with 1:N,
+    CMC and meaningful TPIR cells of the galleries' mean (both conventions) and of the union (insightface),
+    e.g. `ident_open_set_mean_rank1`, `ident_insightface_union_tpir_at_fpir_1e-02`."""
+    out: dict[str, float] = {}
+    if "tar_at_far" in metrics:
+        out["auc"] = float(metrics["auc"])
+        for convention, cells in metrics["tar_at_far"].items():
+            for cell in cells:
+                if cell["tar"] is not None:
+                    out[f"tar_at_far_{cell['far']:.0e}_{convention}"] = float(cell["tar"])
+    ident = metrics.get("identification")
+    if ident:
+        for conv in ("insightface", "open_set"):
+            for key, label in (("mean", "mean"), (ident.get("combined"), "union")):
+                block = (ident.get(conv) or {}).get(key) if key else None
+                if not block:
+                    continue
+                for rank, rate in block["cmc"].items():
+                    out[f"ident_{conv}_{label}_rank{rank}"] = float(rate)
+                for cell in block["tpir_at_fpir"]:
+                    if cell["tpir"] is not None:
+                        out[f"ident_{conv}_{label}_tpir_at_fpir_{cell['fpir']:.0e}"] = float(cell["tpir"])
     return out
+
+
+def has_identification_files(root: str | os.PathLike, target: str) -> bool:
+    """Whether the staged target holds the 1:N gallery and probe files."""
+    from gbcosface.data.ijb import meta_paths_1n
+
+    return all(p.is_file() for p in meta_paths_1n(root, target).values())
 
 
 def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dict[str, Any], target: str,
                    work_dir: str, endpoint_url: str = "", flip: bool = False, norm_score: bool = True,
                    detector_score: bool = True, gate_far: float = 1e-4, result_dir: str,
-                   run_uri: str = "") -> dict[str, Any]:
-    from gbcosface.eval.ijb import evaluate_ijb
-    from gbcosface.eval.report import format_markdown
+                   run_uri: str = "", protocol: str = "auto") -> dict[str, Any]:
+    """Stage the target, evaluate, and return what the DAG reads (the gate reads the 1:1 `gate_tar`).
+
+    `protocol`: "auto" (both when the target has the 1:N files, else 11), "11" or "both".
+    Besides the keys below, `identification` (the metrics.json section, or None) and
+    `identification_markdown` (the demo's 1:N table, "" without 1:N).
+    """
+    from gbcosface.eval.report import format_identification_markdown, format_markdown
+    from gbcosface.eval.run_ijb import evaluate_ijb
 
     folder = target.upper()
     root = stage_pinned(dataset_manifest, work_dir, prefix=folder, endpoint_url=endpoint_url)
+    if protocol == "auto":
+        protocol = "both" if has_identification_files(root / folder, folder) else "11"
+    if protocol not in ("11", "both"):
+        raise ValueError(f"the evaluate step gates on 1:1 TAR: protocol must be auto, 11 or both, got {protocol!r}")
     metrics = evaluate_ijb(model_path=str(Path(model_dir) / "backbone.pt"), image_path=str(root / folder),
                            target=folder, result_dir=result_dir, flip=flip, norm_score=norm_score,
-                           detector_score=detector_score, cache_dir=str(Path(work_dir) / "feature-cache"))
+                           detector_score=detector_score, cache_dir=str(Path(work_dir) / "feature-cache"),
+                           protocols=protocol)
     lineage = lineage_of(model_metadata)
     metrics["lineage"] = lineage
     tmp = Path(result_dir) / ".metrics.json.tmp"
@@ -59,6 +94,9 @@ def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dic
         "kfp_metrics": kfp_metrics(metrics),
         "roc": metrics["roc"],
         "report_html": (Path(result_dir) / "report.html").read_text(),
-        "table_markdown": format_markdown(metrics),
+        "table_markdown": format_markdown(metrics)
+        + (("\n" + format_identification_markdown(metrics)) if "identification" in metrics else ""),
         "lineage": lineage,
+        "identification": metrics.get("identification"),
+        "identification_markdown": format_identification_markdown(metrics) if "identification" in metrics else "",
     }

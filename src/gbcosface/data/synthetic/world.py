@@ -1,7 +1,8 @@
 """Assembling a synthetic face world and writing it in the real formats.
 
 Layout of `OUT/` (docs/architecture.md): `train/` (insightface train.rec/.idx + property),
-`val/` (lfw.bin, cfp_fp.bin, agedb_30.bin), `IJBC/` (loose_crop/ + meta/) and `world.json`.
+`val/` (lfw.bin, cfp_fp.bin, agedb_30.bin), `IJBC/` (loose_crop/ + meta/, with the 1:1 pair file and
+the 1:N files `ijbc_1N_gallery_G1.csv`, `_G2.csv`, `ijbc_1N_probe_mixed.csv`) and `world.json`.
 
 Why it is built this way:
 - Every image is described by a small job (identity index, a seed key, a profile) and rendered from
@@ -38,7 +39,7 @@ import cv2
 import numpy as np
 
 from gbcosface import __version__
-from gbcosface.data.ijb import write_ijb_meta
+from gbcosface.data.ijb import write_ijb_1n_meta, write_ijb_meta
 from gbcosface.data.recordio import write_face_rec
 from gbcosface.data.synthetic.identity import Identity, drifted, make_identity
 from gbcosface.data.synthetic.nuisance import PROFILES, Nuisance, perturb_frame, sample_nuisance
@@ -57,6 +58,7 @@ _STREAM_MEDIA = 3
 _STREAM_PAIRS = 4
 _STREAM_IJB_PAIRS = 5
 _STREAM_STRUCTURE = 6
+_STREAM_1N = 7
 
 BIN_SETS = {  # name: (stream code, profile of the first image, profile of the second)
     "lfw": (11, "lfw", "lfw"),
@@ -328,6 +330,27 @@ def _ijb_pairs(spec: WorldSpec, template_identity: dict[int, int]) -> tuple[np.n
     return pairs[order, 0], pairs[order, 1], labels[order]
 
 
+def ijb_1n_layout(spec: WorldSpec, lay: IJBLayout) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                           tuple[np.ndarray, np.ndarray]] | None:
+    """The 1:N split of the IJB-C-like set, shaped like IJB-C's: identities split at random into two halves
+    (galleries G1, G2); each identity's first template enrols it in its gallery, all its other templates
+    are probes (so every probe is mated in one gallery and non-mated in the other). Subject id = identity
+    index + 1. None when identities have a single template (no probe would be left)."""
+    if spec.templates_per_identity < 2:
+        return None
+    by_identity: dict[int, list[int]] = {}
+    for tid in sorted(lay.template_identity):
+        by_identity.setdefault(lay.template_identity[tid], []).append(tid)
+    people = np.array(sorted(by_identity), np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _STREAM_1N]))
+    perm = rng.permutation(people.size)
+    halves = {"G1": np.sort(people[perm[: (people.size + 1) // 2]]), "G2": np.sort(people[perm[(people.size + 1) // 2:]])}
+    galleries = {g: (np.array([by_identity[int(p)][0] for p in who], np.int64), who + 1) for g, who in halves.items()}
+    probe_t = [t for p in people.tolist() for t in by_identity[p][1:]]
+    probe_s = [lay.template_identity[t] + 1 for t in probe_t]
+    return galleries, (np.array(probe_t, np.int64), np.array(probe_s, np.int64))
+
+
 # ----------------------------------------------------------------------------- writing
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -422,6 +445,15 @@ def generate_world(out: str | os.PathLike, spec: WorldSpec, workers: int = 1, ov
             landmarks[i], scores[i] = lm, score
         write_ijb_meta(stage / "IJBC", "ijbc", lay.names, lay.templates, lay.medias, landmarks, scores,
                        lay.pair_t1, lay.pair_t2, lay.pair_label)
+        split = ijb_1n_layout(spec, lay)
+        if split is not None:
+            galleries, probes = split
+            names: dict[int, list[str]] = {}
+            for name, tid in zip(lay.names, lay.templates.tolist(), strict=True):
+                names.setdefault(tid, []).append(name)
+            write_ijb_1n_meta(stage / "IJBC", "ijbc", galleries, probes, filenames=names)
+            counts.update(ijbc_1n_gallery_G1=int(galleries["G1"][0].size), ijbc_1n_gallery_G2=int(galleries["G2"][0].size),
+                          ijbc_1n_probes=int(probes[0].size))
         counts.update(ijbc_images=len(lay.jobs), ijbc_templates=len(lay.template_identity),
                       ijbc_medias=int(lay.medias.max()), ijbc_identities=spec.eval_identities,
                       ijbc_genuine_pairs=int(lay.pair_label.sum()),
