@@ -132,14 +132,18 @@ def evaluate_untrained(out: Path, *, seed: int, overrides: list[str]) -> dict[st
     save_backbone(model, path)
     return evaluate_ijb(model_path=str(path), image_path=str(out / "work" / "data" / "IJBC"),
                         target="IJBC", result_dir=str(out / "untrained" / "eval"),
-                        flip=False, norm_score=True, detector_score=True)
+                        flip=False, norm_score=True, detector_score=True, protocols="both")
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from gbcosface.eval.report import format_comparison
+    from gbcosface.eval.report import format_comparison, format_identification_table
 
     print()
     print(format_comparison({"untrained": summary["untrained"], "trained": summary["trained"]}))
+    for name in ("untrained", "trained"):
+        if "identification" in summary[name]:
+            print()
+            print(f"{name}: " + format_identification_table(summary[name]))
     out = Path(summary["out"])
     print()
     print(f"run {summary['run_id']} published to {summary['run_uri']} (copied to {out / 'published'})")
