@@ -113,6 +113,36 @@ def evaluate_model(
 
 
 @_component
+def evaluate_other_targets(
+    dataset: Input[Dataset],
+    model: Input[Model],
+    gate_target: str,
+    work_dir: str,
+    endpoint_url: str,
+    flip: bool,
+    norm_score: bool,
+    detector_score: bool,
+    gate_far: float,
+    metrics: Output[Metrics],
+    table: Output[Markdown],
+    results: Output[Dataset],
+) -> str:
+    """Every other IJB target the dataset holds (e.g. IJB-B beside a gate on IJB-C); published past the gate."""
+    from gbcosface.steps.evaluate import evaluate_other_targets as run
+
+    out = run(dataset_manifest=dataset.path, model_dir=model.path, model_metadata=dict(model.metadata),
+              gate_target=gate_target, result_dir=results.path, work_dir=work_dir, endpoint_url=endpoint_url,
+              flip=flip, norm_score=norm_score, detector_score=detector_score, gate_far=gate_far)
+    for name, value in out["kfp_metrics"].items():
+        metrics.log_metric(name, value)
+    with open(table.path, "w") as fh:
+        fh.write(out["table_markdown"] or "(no other IJB target in the dataset)\n")
+    for artifact in (metrics, table, results):
+        artifact.metadata.update(out["lineage"])
+    return ",".join(out["targets"])
+
+
+@_component
 def gate(tar: float, min_tar: float, far: float) -> str:
     """Decide whether the model is good enough to publish."""
     from gbcosface.steps.gate import decide
@@ -124,6 +154,7 @@ def gate(tar: float, min_tar: float, far: float) -> str:
 def publish(
     model: Input[Model],
     results: Input[Dataset],
+    more_results: Input[Dataset],
     dataset: Input[Dataset],
     output_uri: str,
     run_id: str,
@@ -137,7 +168,8 @@ def publish(
 
     info = run(model_dir=model.path, model_metadata=dict(model.metadata), results_dir=results.path,
                dataset_metadata=dict(dataset.metadata), run_uri=run_uri(output_uri, run_id),
-               endpoint_url=endpoint_url, export_onnx=export_onnx, summary_out=summary.path)
+               endpoint_url=endpoint_url, export_onnx=export_onnx, summary_out=summary.path,
+               more_results_dir=more_results.path)
     summary.metadata.update(info["lineage"])
     return info["summary_uri"]
 

@@ -1,5 +1,8 @@
 """The DAG: stage -> train (PyTorchJob or TrainJob) -> evaluate on IJB -> gate -> publish, with cleanup on exit.
 
+The gate's IJB target (`ijb_target`) and every other target the dataset holds are evaluated by two
+steps side by side; the gate reads the first, and publish uploads both.
+
 Why this shape: staging pins exactly which objects were trained on; the train step owns the
 training job's lifetime; the exit handler deletes a job that a cancelled or failed run left
 running; caching is off for steps with side effects.
@@ -21,6 +24,7 @@ from kfp import dsl, kubernetes
 from components.gbcosface_components import (
     cleanup_job,
     evaluate_model,
+    evaluate_other_targets,
     gate,
     publish,
     record_rejection,
@@ -127,19 +131,25 @@ def build_pipeline(options: "CompileOptions | None" = None):
                 work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
                 detector_score=detector_score, gate_far=gate_far, output_uri=output_uri, run_id=RUN_ID),
                 "evaluate on IJB", opts.eval_timeout_s)
-            if opts.eval_gpu:
-                evaluated.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-                kubernetes.add_toleration(evaluated, key=opts.gpu_toleration_key, operator="Exists",
-                                          effect="NoSchedule")
-            kubernetes.empty_dir_mount(evaluated, volume_name="dshm", mount_path="/dev/shm",
-                                       medium="Memory", size_limit=opts.eval_shm)
+            # Every other IJB target the dataset holds, beside the gate's (IJB-B and IJB-C in parallel).
+            others = step(evaluate_other_targets(
+                dataset=staged.outputs["dataset"], model=trained.outputs["model"], gate_target=ijb_target,
+                work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
+                detector_score=detector_score, gate_far=gate_far), "evaluate other IJB targets", opts.eval_timeout_s)
+            for task in (evaluated, others):
+                if opts.eval_gpu:
+                    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+                    kubernetes.add_toleration(task, key=opts.gpu_toleration_key, operator="Exists",
+                                              effect="NoSchedule")
+                kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
+                                           medium="Memory", size_limit=opts.eval_shm)
 
             decision = step(gate(tar=evaluated.outputs["Output"], min_tar=gate_min_tar, far=gate_far), "gate",
                             opts.small_timeout_s, s3=False)
             with dsl.If(decision.output == "pass", name="gate-passed"):
                 published = step(publish(
                     model=trained.outputs["model"], results=evaluated.outputs["results"],
-                    dataset=staged.outputs["dataset"], output_uri=output_uri, run_id=RUN_ID,
+                    more_results=others.outputs["results"], dataset=staged.outputs["dataset"], output_uri=output_uri, run_id=RUN_ID,
                     endpoint_url=endpoint_url, export_onnx=export_onnx), "publish to S3", opts.publish_timeout_s)
                 published.set_retry(num_retries=2, backoff_duration="60s")
             with dsl.Else(name="gate-failed"):

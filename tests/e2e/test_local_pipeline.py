@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -41,6 +42,7 @@ def s3_data(tmp_path_factory):
     spec = WorldSpec(seed=3, identities=24, images_per_identity=6, eval_identities=16, templates_per_identity=3,
                      pairs=40, bin_identities=8, impostor_pairs=2_000, crop_min=120, crop_max=140)
     generate_world(root / "world", spec, workers=1)
+    _add_ijbb_copy(root / "world")
     saved = dict(os.environ)
     with LocalS3Server(log_path=root / "s3.log") as server:
         os.environ.update(server.env())
@@ -49,6 +51,15 @@ def s3_data(tmp_path_factory):
         yield {"root": root, "endpoint": server.endpoint_url, "data_uri": "s3://e2e/datasets/tiny"}
     os.environ.clear()
     os.environ.update(saved)
+
+
+def _add_ijbb_copy(world):
+    """A second IJB target (the IJB-C-like crops under IJB-B's names), so that the DAG evaluates two."""
+    src, dst = world / "IJBC", world / "IJBB"
+    shutil.copytree(src / "loose_crop", dst / "loose_crop")
+    (dst / "meta").mkdir(parents=True)
+    for name in ("face_tid_mid", "name_5pts_score", "template_pair_label"):
+        shutil.copy(src / "meta" / f"ijbc_{name}.txt", dst / "meta" / f"ijbb_{name}.txt")
 
 
 def _params(s3_data, name: str, min_tar: float, job_kind: str = "pytorchjob") -> dict:
@@ -73,6 +84,7 @@ def test_gate_passes_and_everything_is_published_with_lineage(s3_data):
     for key in ("config.yaml", "dataset/manifest.json", "model/backbone.pt", "model/backbone.json",
                 "model/backbone.onnx", "model/metadata.json", "eval/IJBC/scores.npy", "eval/IJBC/metrics.json",
                 "eval/IJBC/roc.png", "eval/IJBC/report.html", "summary.json", "train/model/backbone.pt",
+                "eval/IJBB/metrics.json", "eval/IJBB/report.html",
                 "train/train_summary.json"):
         assert key in keys, f"{key} missing from {prefix}: {sorted(keys)}"
     assert any(k.startswith("train/checkpoints/step-") for k in keys)
@@ -96,6 +108,11 @@ def test_gate_passes_and_everything_is_published_with_lineage(s3_data):
     metrics = json.loads(get_bytes(f"{prefix}/eval/IJBC/metrics.json"))
     assert metrics["lineage"] == summary["lineage"]
     assert metrics["flags"] == {"flip": False, "norm_score": True, "detector_score": True}
+    # The other IJB target was evaluated beside the gate's and published with it.
+    ijbb = json.loads(get_bytes(f"{prefix}/eval/IJBB/metrics.json"))
+    assert ijbb["target"] == "IJBB" and ijbb["lineage"] == summary["lineage"]
+    assert set(summary["other_evaluations"]) == {"IJBB"}
+    assert _executor_outputs(run_dir, "evaluate-other-targets")["parameterValues"]["Output"] == "IJBB"
 
     # Trained by the 2-replica emulated PyTorchJob.
     train_summary = json.loads(get_bytes(f"{prefix}/train/train_summary.json"))
@@ -129,7 +146,7 @@ def test_gate_fails_and_nothing_is_published(s3_data):
     assert gate["decision"] == "fail" and gate["min_tar"] == 1.01
     assert not any(k.startswith("model/") for k in keys)
     assert "summary.json" not in keys
-    assert "eval/IJBC/metrics.json" not in keys  # evaluation results are published only past the gate
+    assert not any(k.startswith("eval/") for k in keys)  # evaluation results are published only past the gate
 
     # The TrainJob trained exactly like the PyTorchJob of the first run: the same final loss terms.
     train_summary = json.loads(get_bytes(f"{prefix}/train/train_summary.json"))

@@ -100,3 +100,35 @@ def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dic
         "identification": metrics.get("identification"),
         "identification_markdown": format_identification_markdown(metrics) if "identification" in metrics else "",
     }
+
+
+def ijb_targets(manifest_path: str | os.PathLike) -> list[str]:
+    """The IJB targets a pinned dataset holds (`IJBB/`, `IJBC/` with their 1:1 meta files), sorted."""
+    from gbcosface.data.ijb import TARGETS
+    from gbcosface.storage import read_manifest
+
+    keys = {e.key for e in read_manifest(manifest_path).entries}
+    return [t.upper() for t in TARGETS if f"{t.upper()}/meta/{t}_template_pair_label.txt" in keys]
+
+
+def evaluate_other_targets(*, dataset_manifest: str, model_dir: str, model_metadata: dict[str, Any],
+                           gate_target: str, result_dir: str, **options: Any) -> dict[str, Any]:
+    """Evaluate every IJB target of the dataset except the gate's, each into `result_dir/<TARGET>/`.
+
+    Why a step of its own: it runs beside the gate's evaluation (IJB-B and IJB-C in parallel on a
+    cluster) and its results are published with the rest once the gate passes; a dataset with only
+    the gate's target leaves `result_dir` empty. `options` as for `evaluate_model`.
+    """
+    done: dict[str, Any] = {}
+    out = Path(result_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for target in ijb_targets(dataset_manifest):
+        if target == gate_target.upper():
+            continue
+        res = evaluate_model(dataset_manifest=dataset_manifest, model_dir=model_dir, model_metadata=model_metadata,
+                             target=target, result_dir=str(out / target), **options)
+        done[target] = res
+        log.info("evaluated %s: TAR at the gate's FAR %.4f", target, res["gate_tar"])
+    return {"targets": sorted(done), "table_markdown": "\n".join(r["table_markdown"] for r in done.values()),
+            "kfp_metrics": {f"{t}_{k}": v for t, r in done.items() for k, v in r["kfp_metrics"].items()},
+            "lineage": lineage_of(model_metadata)}

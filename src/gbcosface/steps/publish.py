@@ -29,7 +29,9 @@ def lineage_of(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def publish(*, model_dir: str, model_metadata: dict[str, Any], results_dir: str,
             dataset_metadata: dict[str, Any], run_uri: str, endpoint_url: str = "",
-            export_onnx: bool = True, summary_out: str) -> dict[str, Any]:
+            export_onnx: bool = True, summary_out: str, more_results_dir: str = "") -> dict[str, Any]:
+    """Upload model (+ ONNX) and metadata, the gate target's evaluation and every other target's
+    (`more_results_dir/<TARGET>/`), then the run summary that ties them together."""
     endpoint = endpoint_url or None
     lineage = lineage_of(model_metadata)
     model_path = Path(model_dir)
@@ -54,6 +56,15 @@ def publish(*, model_dir: str, model_metadata: dict[str, Any], results_dir: str,
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
         model_manifest = upload(staging, join_uri(run_uri, "model"), endpoint_url=endpoint)
     eval_manifest = upload(results, join_uri(run_uri, "eval", target), endpoint_url=endpoint)
+    more = {}
+    more_root = Path(more_results_dir) if more_results_dir else None
+    for sub in sorted(more_root.iterdir()) if more_root and more_root.is_dir() else []:
+        if sub.is_dir() and (sub / "metrics.json").is_file():
+            other = json.loads((sub / "metrics.json").read_text())
+            manifest = upload(sub, join_uri(run_uri, "eval", sub.name), endpoint_url=endpoint)
+            more[sub.name] = {"uri": join_uri(run_uri, "eval", sub.name), "target": sub.name,
+                              "files": {e.key: e.sha256 for e in manifest.entries},
+                              "flags": other.get("flags"), "tar_at_far": other.get("tar_at_far")}
 
     summary = {
         "run_id": lineage["run_id"],
@@ -67,6 +78,7 @@ def publish(*, model_dir: str, model_metadata: dict[str, Any], results_dir: str,
         "evaluation": {"uri": join_uri(run_uri, "eval", target), "target": target,
                        "files": {e.key: e.sha256 for e in eval_manifest.entries},
                        "flags": metrics.get("flags"), "tar_at_far": metrics.get("tar_at_far")},
+        "other_evaluations": more,
         "gate": "pass",
     }
     text = json.dumps(summary, indent=2, sort_keys=True, default=str)
