@@ -111,7 +111,7 @@ class Trainer:
                         cfg.data.train_dir, self.dataset.num_classes)
 
         backbone = backbone_from_config(cfg.model)
-        head = get_head(cfg.head.type, cfg.model.embedding_size, self.num_classes)
+        head = get_head(cfg.head.type, cfg.model.embedding_size, self.num_classes, init=cfg.head.init)
         self.arch = dict(backbone.arch)
         if cfg.run.channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)
