@@ -72,3 +72,22 @@ def test_sidecar_fp16_does_not_change_evaluation_precision(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(plain(x), reference(x), rtol=0, atol=0)
         assert (asked(x) - reference(x)).abs().max().item() > 0  # the trunk really ran in bf16 there
+
+
+def test_fixed_embedding_scale_pins_the_batch_mean_of_the_squared_norm():
+    """With gamma = 1 a training-mode BatchNorm1d output has mean |x|^2 = D var/(var + eps) + |beta|^2,
+    whatever the trunk does: MagFace-style norms cannot spread from sqrt(D) unless beta grows. A
+    trained gamma lifts that pin (why train_embedding_scale resolves to True for magnitude-aware losses)."""
+    torch.manual_seed(0)
+    kw = dict(embedding_size=64, width=8, layers=[1, 1, 1, 1], stem_stride=2)
+    fixed = get_backbone("iresnet18", **kw).train()
+    with torch.no_grad():
+        fixed.features.bias.copy_(torch.linspace(-0.5, 0.5, 64))
+        out = fixed(torch.randn(16, 3, 112, 112))
+    beta_sq = fixed.features.bias.square().sum().item()
+    assert out.square().sum(dim=1).mean().item() == pytest.approx(64 + beta_sq, rel=1e-3)
+    trained = get_backbone("iresnet18", train_embedding_scale=True, **kw).train()
+    with torch.no_grad():
+        trained.features.weight.fill_(3.0)
+        out = trained(torch.randn(16, 3, 112, 112))
+    assert out.square().sum(dim=1).mean().item() == pytest.approx(9 * 64, rel=1e-3)

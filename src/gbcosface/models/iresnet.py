@@ -3,7 +3,7 @@
 Why this exact layout: the official GB-CosFace `backbone_paper.pth` and insightface's released
 iresnet checkpoints must load with `strict=True`, so module names (conv1, bn1, prelu,
 layer1..layer4 of blocks bn1/conv1/bn2/prelu/conv2/bn3/downsample.0/.1, bn2, dropout, fc, features),
-parameter shapes and buffers follow that layout exactly. Architecture (docs/models.md):
+parameter shapes and buffers follow that layout exactly. Architecture (docs/models.md, "IResNet"):
 
     stem:  conv3x3(3 -> w, stride 1, no bias) -> BN -> PReLU
     stage k (k = 1..4, channels w, 2w, 4w, 8w): the first block has stride 2 and a
