@@ -12,7 +12,13 @@ import torch
 from sklearn.model_selection import KFold
 
 from gbcosface.data.bin_sets import BinSet, load_bin, write_bin
-from gbcosface.eval.verification import evaluate_bin, evaluate_embeddings, fold_slices, l2_normalize, pair_distances
+from gbcosface.eval.verification import (
+    evaluate_bin,
+    evaluate_embeddings,
+    fold_slices,
+    l2_normalize,
+    pair_distances,
+)
 
 from .conftest import face_image, make_tiny_backbone
 
