@@ -76,3 +76,39 @@ def test_hash_is_stable_and_sensitive(tmp_path):
     assert config_hash(from_dict(reordered)) == config_hash(cfg)
     assert config_hash(load_config("paper", ["run.seed=1"])) != config_hash(cfg)
     assert len(config_hash(cfg)) == 64
+
+
+def test_paper_recipe_is_the_official_float32_run_and_the_amp_recipes_differ_only_in_amp():
+    paper = load_config("paper")
+    assert paper.run.amp == "none"  # the official run is float32 (was bf16)
+    assert paper.head.init == "unit" and paper.model.train_embedding_scale is False
+    for amp in ("bf16", "fp16"):
+        mixed = to_dict(load_config(f"paper_{amp}"))
+        assert mixed["run"].pop("amp") == amp
+        assert mixed["run"].pop("output") != paper.run.output
+        expected = to_dict(paper)
+        del expected["run"]["amp"], expected["run"]["output"]
+        assert mixed == expected
+
+
+def test_defaults_follow_the_official_release():
+    from gbcosface.config import TrainConfig
+
+    cfg = TrainConfig()
+    assert cfg.run.amp == "none"  # was bf16
+    assert cfg.head.init == "unit"  # the official BaseHead (insightface's N(0, 0.01) is head.init=normal)
+    with pytest.raises(ConfigError, match="head.init must be unit or normal"):
+        from_dict({"head": {"init": "xavier"}})
+
+
+def test_embedding_scale_is_trained_for_magnitude_aware_losses_and_mobilefacenet():
+    from gbcosface.config import MAGNITUDE_AWARE_LOSSES
+    from gbcosface.losses import LOSSES
+
+    assert set(MAGNITUDE_AWARE_LOSSES) == {name for name, cls in LOSSES.items() if cls.requires_norms}
+    assert from_dict({}).model.train_embedding_scale is False  # iresnet100 + gb_cosface: fixed, as the release
+    for loss in MAGNITUDE_AWARE_LOSSES:
+        assert from_dict({"loss": {"name": loss}, "head": {"type": "mag"}}).model.train_embedding_scale is True
+    assert from_dict({"model": {"name": "mobilefacenet"}}).model.train_embedding_scale is True
+    explicit = {"loss": {"name": "magface"}, "model": {"train_embedding_scale": False}}
+    assert from_dict(explicit).model.train_embedding_scale is False

@@ -35,6 +35,10 @@ class ModelConfig:
     layers: list[int] | None = None  # blocks per stage
     stem_stride: int = 1  # 2 downsamples to 56 px first (fast CPU demo)
     fp16: bool = False  # insightface's flag: run the trunk under autocast
+    # Train the embedding BatchNorm1d's weight (gamma). None resolves when the config is loaded: True
+    # for magnitude-aware losses (MagFace's iresnet trains it) and for mobilefacenet (the release
+    # trains it), else False (insightface's / the release's iresnet fixes it at 1).
+    train_embedding_scale: bool | None = None
 
 
 @dataclass
@@ -43,6 +47,7 @@ class HeadConfig:
     num_classes: int | None = None  # None = read from the dataset's property file
     sharded: bool = False  # classes split across ranks (model parallel), DDP over the backbone only
     sample_rate: float = 1.0  # < 1: Partial-FC-style negative-class sampling per shard (needs sharded)
+    init: str = "unit"  # unit: unit-norm class centres (official BaseHead) | normal: N(0, 0.01) (insightface)
 
 
 @dataclass
@@ -96,7 +101,7 @@ class ScheduleConfig:
 class RunConfig:
     seed: int = 0
     output: str = "runs/gbcosface"  # local path or s3:// URI: checkpoints, logs, exported backbone
-    amp: str = "bf16"  # none | bf16 | fp16
+    amp: str = "none"  # none (float32, the official run) | bf16 | fp16 (with a grad scaler)
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
@@ -190,13 +195,25 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+# Losses that need the feature norms (their `requires_norms`); tests/test_config.py checks the list.
+MAGNITUDE_AWARE_LOSSES = ("magface", "gb_magface")
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the defaults that depend on other keys, so the resolved config (and its hash) says them."""
+    if cfg.model.train_embedding_scale is None:
+        cfg.model.train_embedding_scale = (cfg.loss.name in MAGNITUDE_AWARE_LOSSES
+                                           or cfg.model.name.lower() == "mobilefacenet")
+    return cfg
+
+
 def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
     try:
         cfg = _build(TrainConfig, data, "")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     validate(cfg, source)
-    return cfg
+    return resolve(cfg)
 
 
 def validate(cfg: TrainConfig, source: str = "config") -> None:
@@ -210,6 +227,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         problems.append(f"head.sample_rate must be in (0, 1], not {cfg.head.sample_rate}")
     elif cfg.head.sample_rate < 1.0 and not cfg.head.sharded:
         problems.append("head.sample_rate < 1 needs head.sharded: true")
+    if cfg.head.init not in ("unit", "normal"):
+        problems.append(f"head.init must be unit or normal, not {cfg.head.init!r}")
     if cfg.schedule.type not in ("step", "warmup_poly", "warmup_cosine"):
         problems.append(f"schedule.type must be step, warmup_poly or warmup_cosine, not {cfg.schedule.type!r}")
     if cfg.data.batch_size <= 0:

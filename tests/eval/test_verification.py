@@ -12,7 +12,13 @@ import torch
 from sklearn.model_selection import KFold
 
 from gbcosface.data.bin_sets import BinSet, load_bin, write_bin
-from gbcosface.eval.verification import evaluate_bin, evaluate_embeddings, fold_slices
+from gbcosface.eval.verification import (
+    evaluate_bin,
+    evaluate_embeddings,
+    fold_slices,
+    l2_normalize,
+    pair_distances,
+)
 
 from .conftest import face_image, make_tiny_backbone
 
@@ -50,6 +56,34 @@ def test_evaluate_embeddings_against_plain_loops(pairs):
     assert res["std"] == pytest.approx(std, abs=1e-12)
     assert res["threshold"] == pytest.approx(thr, abs=1e-12)
     assert 0.5 < res["accuracy"] < 1.0  # neither trivial nor perfect: the test can tell
+
+
+def test_normalisation_and_distances_are_float64_as_insightface():
+    """sklearn.preprocessing.normalize works in float64; float32 rounding moved a pair in 36 hard sets."""
+    rng = np.random.default_rng(5)
+    emb = (rng.standard_normal((400, 512)) * rng.uniform(1, 80, (400, 1))).astype(np.float32)
+    assert l2_normalize(emb).dtype == np.float64
+    e = emb.astype(np.float64)
+    e /= np.sqrt((e * e).sum(axis=1, keepdims=True))
+    expected = np.array([np.dot(e[2 * i] - e[2 * i + 1], e[2 * i] - e[2 * i + 1]) for i in range(200)])
+    dist = pair_distances(emb)
+    assert dist.dtype == np.float64
+    np.testing.assert_allclose(dist, expected, rtol=0, atol=1e-13)  # float32 normalisation errs by ~1e-7
+
+
+def test_flip_defaults_agree_between_api_and_cli():
+    """Both off, as the official training callback (flip_test=False); was on in the API."""
+    import argparse
+    import inspect
+
+    from gbcosface.eval import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["eval-bin", "--model-prefix", "m.pt", "--data-dir", "d"])
+    assert inspect.signature(evaluate_bin).parameters["flip"].default is False
+    assert args.flip is False and args.fp16 is False
+    assert parser.parse_args(["eval-ijb", "--image-path", "x"]).flip is False
 
 
 def test_folds_are_in_order_like_kfold():

@@ -1,4 +1,4 @@
-"""GB-CosFace against plain numpy computations of ALGORITHMS.md section 1."""
+"""GB-CosFace against plain numpy computations of docs/losses.md ("GB-CosFace")."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ def test_round_trip_with_sidecar(tmp_path):
     side = tmp_path / "model" / "backbone.json"
     assert json.loads(side.read_text()) == {
         "name": "iresnet18", "embedding_size": 16, "dropout": 0.0, "width": 4,
-        "layers": [1, 1, 1, 1], "stem_stride": 2, "fp16": False,
+        "layers": [1, 1, 1, 1], "stem_stride": 2, "fp16": False, "train_embedding_scale": None,
     }
     # only tensors inside: loadable with weights_only=True
     raw = torch.load(path, weights_only=True)
@@ -92,7 +92,7 @@ def test_official_checkpoint_without_sidecar_or_name_is_inferred(tmp_path, offic
     torch.save(state, path)
     model = load_backbone(path)
     assert model.arch == {"name": "iresnet50", "embedding_size": 32, "dropout": 0.0, "width": 4,
-                          "layers": None, "stem_stride": 2, "fp16": False}
+                          "layers": None, "stem_stride": 2, "fp16": False, "train_embedding_scale": None}
 
 
 def test_checkpoint_without_num_batches_tracked_still_loads(tmp_path, official_checkpoint):

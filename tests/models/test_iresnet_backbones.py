@@ -103,7 +103,7 @@ def test_mobilefacenet_size_and_knobs():
     count = sum(p.numel() for p in paper.parameters())
     print(f"mobilefacenet (128-d): {count:,} parameters")
     assert 0.95e6 < count < 1.05e6  # the paper: 0.99M
-    assert paper.spatial_size == 7 and paper.gdc[0].kernel_size == (7, 7)
+    assert paper.spatial_size == 7 and paper.conv_6_dw.conv.kernel_size == (7, 7)
     with pytest.raises(ValueError, match="stem_stride"):
         get_backbone("mobilefacenet", stem_stride=2)
     with pytest.raises(ValueError, match="5 positive"):

@@ -53,11 +53,48 @@ def test_mag_head_returns_cosines_and_raw_norms():
     assert norms.shape == (3,)
 
 
-def test_initialisation_and_errors():
+def test_default_init_is_the_official_unit_norm_class_centres():
+    # Official BaseHead: uniform(-1, 1) columns renormalised to norm 1 (was N(0, 0.01), norm ~0.23).
     head = NormLinearHead(512, 1000)
-    assert head.weight.shape == (512, 1000)
-    assert abs(head.weight.std().item() - 0.01) < 0.001
+    assert head.weight.shape == (512, 1000) and head.init == "unit"
+    norms = torch.linalg.vector_norm(head.weight, dim=0)
+    torch.testing.assert_close(norms, torch.ones(1000), rtol=1e-6, atol=1e-6)
+    w = head.weight / norms  # entries of a normalised uniform cube: std 1/sqrt(D) and |w| <= 1/sqrt(D/3)-ish
+    assert abs(w.std().item() - 512**-0.5) < 0.002
+    # directions are isotropic enough: the mean centre is near the origin
+    assert torch.linalg.vector_norm(w.mean(dim=1)).item() < 0.1
+
+
+def test_normal_init_keeps_insightface_scale_and_changes_the_gradient_scale():
+    torch.manual_seed(0)
+    unit, normal = NormLinearHead(512, 64, init="unit"), NormLinearHead(512, 64, init="normal")
+    assert abs(normal.weight.std().item() - 0.01) < 0.001
+    x = torch.randn(32, 512)
+    grads = []
+    for head in (unit, normal):
+        head(x).sum().backward()
+        grads.append(head.weight.grad.norm().item())
+    # The gradient through the normalisation scales with 1/|W|: |W| = 1 vs ~0.01 sqrt(512) = 0.226.
+    assert 3.5 < grads[1] / grads[0] < 5.5
+
+
+def test_cosines_and_norms_stay_float32_under_autocast():
+    head = get_head("mag", 16, 5)
+    x = torch.randn(4, 16)
+    ref_cos, ref_norms = head(x)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            cos, norms = head(x)
+        assert cos.dtype == torch.float32 and norms.dtype == torch.float32
+        torch.testing.assert_close(cos, ref_cos)
+        torch.testing.assert_close(norms, ref_norms)
+
+
+def test_initialisation_and_errors():
+    head = NormLinearHead(512, 10)
     with pytest.raises(ValueError, match="unknown head type"):
         get_head("arc", 4, 4)
+    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+        get_head("linear", 4, 4, init="xavier")
     with pytest.raises(ValueError, match=r"shape \(B, 512\)"):
         head(torch.randn(2, 128))

@@ -1,6 +1,6 @@
 """IJB-B / IJB-C metadata (insightface's release layout) reader and writer, plus image loading.
 
-Layout (ALGORITHMS.md section 6): `ROOT/loose_crop/<name>` images and
+Layout (docs/formats.md, "IJB-B / IJB-C"): `ROOT/loose_crop/<name>` images and
 `ROOT/meta/<t>_face_tid_mid.txt` (name template media), `ROOT/meta/<t>_name_5pts_score.txt`
 (name x1 y1 ... x5 y5 score) and `ROOT/meta/<t>_template_pair_label.txt` (t1 t2 label), t = ijbb | ijbc;
 for 1:N identification `ROOT/meta/<t>_1N_gallery_{G1,G2 | S1,S2}.csv` and `<t>_1N_probe_mixed.csv`

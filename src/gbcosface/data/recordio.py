@@ -1,7 +1,7 @@
 """MXNet RecordIO (.rec/.idx) reader and writer in pure Python/numpy, byte-compatible with mxnet.
 
 Why not mxnet: mxnet 1.9 imports only beside numpy<1.24, which the training stack cannot use. The format
-(ALGORITHMS.md section 7) is small: records framed by a magic word and a length word, split where the magic
+(docs/formats.md, "RecordIO") is small: records framed by a magic word and a length word, split where the magic
 word occurs inside the payload at a 4-byte aligned offset (exactly where dmlc-core's writer splits), plus
 a text index of `key<TAB>offset` lines. Reads are memory-mapped so that DataLoader workers share the page
 cache instead of copying the file; the map is reopened after a fork (a child must not reuse the

@@ -59,7 +59,7 @@ def _cmd_eval_bin(args: argparse.Namespace) -> int:
         return _fail("--targets lists no sets")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        backbone = load_backbone(args.model_prefix, name=args.backbone_type).to(device)
+        backbone = load_backbone(args.model_prefix, name=args.backbone_type, fp16=args.fp16).to(device)
         results = {}
         for target in targets:
             binset = load_bin(Path(args.data_dir) / f"{target}.bin")
@@ -73,7 +73,7 @@ def _cmd_eval_bin(args: argparse.Namespace) -> int:
     if args.output:
         from gbcosface.eval.report import atomic_write_bytes
 
-        doc = {"model": str(args.model_prefix), "flip": bool(args.flip), "results": results}
+        doc = {"model": str(args.model_prefix), "flip": bool(args.flip), "fp16": bool(args.fp16), "results": results}
         atomic_write_bytes(args.output, (json.dumps(doc, indent=2) + "\n").encode())
     return 0
 
@@ -133,12 +133,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-prefix", "--model_prefix", required=True, help="backbone file (.pth/.pt)")
     p.add_argument("--data-dir", "--data_dir", required=True, help="directory holding <target>.bin")
     p.add_argument("--targets", default="lfw,cfp_fp,agedb_30", help="comma-separated set names")
-    p.add_argument("--flip", action="store_true", help="flip test: embedding = f(img) + f(flip(img))")
+    p.add_argument("--flip", action="store_true", default=False,
+                   help="flip test: embedding = f(img) + f(flip(img)) (off by default, as evaluate_bin)")
     p.add_argument("--backbone_type", "--backbone-type", "--network", default=None,
                    help="backbone name when the file has no .json sidecar (e.g. iresnet100)")
     p.add_argument("--batch-size", "--batch_size", type=int, default=128)
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
     p.add_argument("--output", default=None, help="also write the results as JSON here")
+    p.add_argument("--fp16", action="store_true",
+                   help="run the trunk in half precision (default float32, whatever the backbone's sidecar says)")
     p.set_defaults(func=_cmd_eval_bin)
 
     p = subparsers.add_parser("eval-ijb", help="IJB-B / IJB-C 1:1 verification and 1:N identification, report")
@@ -163,7 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="leave out missing/unreadable images (zero features, not counted) instead of failing")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
     p.add_argument("--workers", type=int, default=None, help="image loading processes (default: min(32, cores))")
-    p.add_argument("--fp16", action="store_true", help="half-precision inference on CUDA")
+    p.add_argument("--fp16", action="store_true", help="half-precision inference on CUDA (default float32, whatever the backbone's sidecar says)")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache (default: $GBCOSFACE_CACHE_DIR or ~/.cache/gbcosface, + /ijb-features)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")

@@ -1,6 +1,6 @@
 """IJB-B / IJB-C template maths shared by both protocols: image features -> template features.
 
-The convention is ALGORITHMS.md section 6, which every published IJB number follows:
+The convention is docs/formats.md ("IJB-B / IJB-C", "TAR@FAR"), which every published IJB number follows:
 image feature (f, or f + f_flip) -> optionally L2-normalised (norm score off) -> optionally times the
 detector score -> mean within each (template, media) -> summed over the template's medias ->
 L2-normalised. insightface's scripts share this aggregation between 1:1 verification and 1:N

@@ -1,4 +1,4 @@
-"""TAR@FAR and AUC for 1:1 verification scores, exact and fast at IJB-C scale (ALGORITHMS.md section 6).
+"""TAR@FAR and AUC for 1:1 verification scores, exact and fast at IJB-C scale (docs/formats.md, "TAR@FAR").
 
 Two conventions for TAR at a target FAR:
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
 
+from gbcosface.precision import fp32_region
+
 
 def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """Disable autocast for the loss maths (a no-op where autocast is not active)."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:  # a device type without autocast support
-        return contextlib.nullcontext()
+    return fp32_region(device)
 
 
 def check_inputs(name: str, cos: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,21 +64,61 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(x, torch.zeros_like(x))
 
 
-def cos_plus_angle(c: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
-    """cos(arccos(c) + m), continued monotonically past theta + m > pi (the standard ArcFace rule).
+ANGLE_RULES = ("classic", "easy")
 
-    Where theta + m <= pi (c > cos(pi - m)) this is cos(theta + m) = c cos m - sin(theta) sin m.
-    Beyond, cos(theta + m) would rise again and reward a larger angle, so the target logit becomes
-    c - m sin(pi - m) instead (insightface's/MagFace's rule): a CosFace-like margin that keeps the
-    logit decreasing in theta (it steps down from -1 to -cos m - m sin m at theta = pi - m).
-    The "easy margin" variant (no margin for c < 0) is deliberately not offered.
+
+def cos_plus_angle(c: torch.Tensor, m: torch.Tensor | float, rule: str = "classic") -> torch.Tensor:
+    """cos(arccos(c) + m) with one of the two published continuations.
+
+    Where theta + m <= pi both are cos(theta + m) = c cos m - sin(theta) sin m. Beyond, cos(theta + m)
+    would rise again and reward a larger angle, so
+      rule="classic": the target logit becomes c - m sin(pi - m) where c <= cos(pi - m) (ArcFace's
+                      rule, insightface's `easy_margin=False`; a CosFace-like margin that keeps the
+                      logit decreasing in theta);
+      rule="easy":    no margin at all where c <= 0 (MagFace's default `easy_margin=True`).
     """
+    if rule not in ANGLE_RULES:
+        raise ValueError(f"unknown angular-margin rule {rule!r} (known: {', '.join(ANGLE_RULES)})")
     m = torch.as_tensor(m, dtype=c.dtype, device=c.device)
     c = c.clamp(-1.0, 1.0)
     sin = torch.sqrt((1.0 - c * c).clamp_min(1e-12))
     shifted = c * torch.cos(m) - sin * torch.sin(m)
+    if rule == "easy":
+        return torch.where(c > 0, shifted, c)
     threshold = torch.cos(math.pi - m)
     return torch.where(c > threshold, shifted, c - torch.sin(math.pi - m) * m)
+
+
+def cos_plus_angle_straight_through(c: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
+    """Value cos(arccos(c) + m) for every c (no continuation), gradient 1 with respect to c.
+
+    insightface's current CombinedMarginLoss computes arccos, adds m and takes the cosine under
+    `torch.no_grad()`, in place: the forward value has no theta + m > pi rule, and the backward pass
+    sees the plain cosine (a straight-through estimator).
+    """
+    m = torch.as_tensor(m, dtype=c.dtype, device=c.device)
+    with torch.no_grad():
+        target = torch.cos(torch.arccos(c.clamp(-1.0, 1.0)) + m)
+    return c + (target - c).detach()
+
+
+def magnitude_lambda_bound(s: float, l_a: float, u_a: float, l_m: float, u_m: float, sides: int = 1) -> float:
+    """Smallest lambda_g for which the loss still decreases in |x| at |x| = l_a (docs/losses.md).
+
+    d/da of the margin terms is at most sides * s * m'(a), with m' = (u_m - l_m) / (u_a - l_a); the
+    regulariser gives lambda_g g'(l_a) = -lambda_g (u_a^2 - l_a^2) / (u_a^2 l_a^2). `sides` is how
+    many loss terms carry the margin (1 for MagFace; 2 for GB-MagFace's two-sided margin types).
+    """
+    slope = (u_m - l_m) / (u_a - l_a)
+    return sides * s * max(slope, 0.0) * (u_a**2 * l_a**2) / (u_a**2 - l_a**2)
+
+
+def warn_if_lambda_infeasible(name: str, lambda_g: float, bound: float) -> None:
+    """A RuntimeWarning when lambda_g is below the feasibility bound (norms may collapse to l_a)."""
+    if lambda_g < bound:
+        warnings.warn(f"{name}: lambda_g={lambda_g:g} is below the feasibility bound {bound:.4g} for these "
+                      "s, l_a, u_a, l_m, u_m: the loss may not push feature norms above l_a "
+                      "(see docs/losses.md, 'The lambda_g bound')", RuntimeWarning, stacklevel=3)
 
 
 def distributed() -> bool:

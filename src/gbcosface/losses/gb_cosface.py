@@ -1,6 +1,6 @@
 """GB-CosFace (ACCV 2022): a CosFace-like loss with a global boundary learned from the batch.
 
-Exactly ALGORITHMS.md section 1. For each sample, with s the scale and m the margin:
+Exactly docs/losses.md ("GB-CosFace"). For each sample, with s the scale and m the margin:
 
     p_i = cos[i, y_i]                                     positive similarity
     n_i = logsumexp_{j != y_i}(s cos[i, j]) / s           soft maximum of the negatives

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from .iresnet import IRESNET_LAYERS
+from .mobilefacenet import MobileFaceNet, is_legacy_mobilefacenet_state, legacy_mobilefacenet_state
 from .registry import get_backbone
 
-ARCH_KEYS = ("name", "embedding_size", "dropout", "width", "layers", "stem_stride", "fp16")
+ARCH_KEYS = ("name", "embedding_size", "dropout", "width", "layers", "stem_stride", "fp16", "train_embedding_scale")
 _NESTING_KEYS = ("state_dict", "model", "backbone")
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -149,11 +150,14 @@ def infer_iresnet_arch(state: Mapping[str, torch.Tensor]) -> dict[str, Any] | No
     }
 
 
-def load_backbone(path: str | Path, name: str | None = None, **arch: Any) -> nn.Module:
+def load_backbone(path: str | Path, name: str | None = None, fp16: bool = False, **arch: Any) -> nn.Module:
     """Build a backbone and load `path` into it strictly; returns it in eval mode on the CPU.
 
     The architecture comes from the JSON sidecar when present, then `name`/`arch` override it;
     with neither, an iresnet architecture is inferred from the keys (released checkpoints).
+    `fp16` (the trunk autocast flag) is the caller's choice, never the sidecar's: a backbone trained
+    with `fp16: true` is still evaluated in float32 unless fp16 is asked for, as both official
+    evaluation scripts do. Keys of this project's earlier MobileFaceNet layout are renamed.
     """
     path = Path(path)
     if not path.is_file():
@@ -170,6 +174,7 @@ def load_backbone(path: str | Path, name: str | None = None, **arch: Any) -> nn.
     if name is not None:
         spec["name"] = name
     spec.update(arch)
+    spec["fp16"] = bool(fp16)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file, or one that needs code to unpickle
@@ -186,6 +191,8 @@ def load_backbone(path: str | Path, name: str | None = None, **arch: Any) -> nn.
         model = get_backbone(**spec)
     except (TypeError, ValueError) as exc:
         raise BackboneLoadError(f"{path}: bad architecture {spec}: {exc}") from None
+    if isinstance(model, MobileFaceNet) and is_legacy_mobilefacenet_state(state):
+        state = legacy_mobilefacenet_state(state, model)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

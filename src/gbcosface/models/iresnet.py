@@ -3,14 +3,19 @@
 Why this exact layout: the official GB-CosFace `backbone_paper.pth` and insightface's released
 iresnet checkpoints must load with `strict=True`, so module names (conv1, bn1, prelu,
 layer1..layer4 of blocks bn1/conv1/bn2/prelu/conv2/bn3/downsample.0/.1, bn2, dropout, fc, features),
-parameter shapes and buffers follow that layout exactly. Architecture (ALGORITHMS.md section 4):
+parameter shapes and buffers follow that layout exactly. Architecture (docs/models.md, "IResNet"):
 
     stem:  conv3x3(3 -> w, stride 1, no bias) -> BN -> PReLU
     stage k (k = 1..4, channels w, 2w, 4w, 8w): the first block has stride 2 and a
            downsample (conv1x1 stride 2, no bias -> BN); the others keep the size
     block: BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN, plus the (downsampled) input
     head:  BN2d -> flatten -> dropout -> Linear(8w * S * S -> D) -> BatchNorm1d(D) whose weight is
-           fixed at 1 (not trained)
+           fixed at 1 (not trained), as in insightface and the official release; with
+           `train_embedding_scale=True` it is trained (MagFace's iresnet does, and a fixed scale pins
+           the batch mean of |x|^2 to D + |beta|^2, see docs/reproducing.md)
+
+The head (Linear + BatchNorm1d) always computes in float32 with autocast disabled, so under a bf16 or
+fp16 autocast only the trunk runs in low precision and the embedding leaves as float32.
 
 S is the spatial size after the trunk: 7 at 112 px with the stride-1 stem (112 -> 56 -> 28 -> 14 -> 7),
 4 with the optional stride-2 stem used by the fast CPU demo (112 -> 56 -> 28 -> 14 -> 7 -> 4).
@@ -23,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._common import conv_out_size, trunk_autocast
+from ._common import conv_out_size, float32_embedding, trunk_autocast
 
 # Blocks per stage of the published depths.
 IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
@@ -77,6 +82,7 @@ class IResNet(nn.Module):
         stem_stride: int = 1,
         fp16: bool = False,
         input_size: int = 112,
+        train_embedding_scale: bool = False,
     ) -> None:
         super().__init__()
         layers = [int(n) for n in layers]
@@ -89,6 +95,7 @@ class IResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"iresnet: dropout must be in [0, 1), got {dropout}")
         self.fp16 = fp16
+        self.train_embedding_scale = bool(train_embedding_scale)
 
         self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width, eps=BN_EPS)
@@ -112,14 +119,15 @@ class IResNet(nn.Module):
 
     def _init_weights(self) -> None:
         # insightface's initialisation: conv N(0, 0.1), BN weight 1 / bias 0; Linear and PReLU keep
-        # PyTorch defaults. The embedding BN's scale is fixed at 1 (a plain standardisation + shift).
+        # PyTorch defaults. The embedding BN's scale is fixed at 1 (a plain standardisation + shift)
+        # unless train_embedding_scale is set.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.1)
             elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        self.features.weight.requires_grad_(False)
+        self.features.weight.requires_grad_(self.train_embedding_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with trunk_autocast(self.fp16, x.device):
@@ -128,5 +136,4 @@ class IResNet(nn.Module):
             x = self.bn2(x)
             x = torch.flatten(x, 1)
             x = self.dropout(x)
-        x = self.fc(x.float() if self.fp16 else x)
-        return self.features(x)
+        return float32_embedding(self.fc, self.features, x)

@@ -25,12 +25,15 @@ def get_backbone(
     layers: Sequence[int] | None = None,
     stem_stride: int = 1,
     fp16: bool = False,
+    train_embedding_scale: bool | None = None,
 ) -> nn.Module:
     """Build a backbone. Input (B,3,112,112) in [-1,1] RGB; output (B, embedding_size), unnormalised.
 
     `width`: channels of the first stage (later iresnet stages double; default 64, the published
     size). `layers`: blocks per stage (iresnet: 4 numbers; mobilefacenet: 5 bottleneck repeats).
     `stem_stride=2` (iresnet only) downsamples to 56 px in the stem. `fp16`: autocast the trunk.
+    `train_embedding_scale`: train the embedding BatchNorm1d's weight; None = the release's choice
+    (iresnet: fixed at 1, mobilefacenet: trained).
     """
     key = name.lower()
     if key not in BACKBONE_NAMES:
@@ -45,10 +48,12 @@ def get_backbone(
             width=w,
             stem_stride=stem_stride,
             fp16=fp16,
+            train_embedding_scale=bool(train_embedding_scale),
         )
     else:
         model = MobileFaceNet(
-            embedding_size=embedding_size, dropout=dropout, width=w, layers=layers, stem_stride=stem_stride, fp16=fp16
+            embedding_size=embedding_size, dropout=dropout, width=w, layers=layers, stem_stride=stem_stride, fp16=fp16,
+            train_embedding_scale=True if train_embedding_scale is None else bool(train_embedding_scale),
         )
     model.arch = {  # type: ignore[assignment]
         "name": key,
@@ -58,6 +63,7 @@ def get_backbone(
         "layers": None if layers is None else [int(n) for n in layers],
         "stem_stride": int(stem_stride),
         "fp16": bool(fp16),
+        "train_embedding_scale": None if train_embedding_scale is None else bool(train_embedding_scale),
     }
     return model
 
@@ -72,4 +78,5 @@ def backbone_from_config(model_cfg: Any) -> nn.Module:
         layers=model_cfg.layers,
         stem_stride=model_cfg.stem_stride,
         fp16=model_cfg.fp16,
+        train_embedding_scale=model_cfg.train_embedding_scale,
     )

@@ -264,7 +264,7 @@ def build_classifier(cfg: Any, env: DistEnv, backbone: nn.Module, num_classes: i
     from gbcosface.heads import get_head
     from gbcosface.losses import get_loss
 
-    full_head = get_head(cfg.head.type, cfg.model.embedding_size, num_classes)
+    full_head = get_head(cfg.head.type, cfg.model.embedding_size, num_classes, init=cfg.head.init)
     if cfg.head.sample_rate < 1.0 and not cfg.head.sharded:
         raise ValueError(f"head.sample_rate={cfg.head.sample_rate} needs head.sharded: true")
     if not cfg.head.sharded:

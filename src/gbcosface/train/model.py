@@ -3,10 +3,13 @@
 Why one module: the head's gradients must be averaged across ranks exactly like the backbone's;
 wrapping both in a single DistributedDataParallel does that with no extra code and without
 `find_unused_parameters` (every parameter is used on every step).
-Why autocast only around the backbone: the convolutional trunk is where bf16/fp16 pays off; the head's
-cosines are scaled by s = 32..64 inside the loss, and in bf16 the margin (0.16) would be lost in
-rounding, so the head (and the loss) run in float32. The head matmul is a small fraction of the step
-(2 x B x D x C against ~12 GMACs per sample for iresnet100).
+Why autocast only around the backbone: the convolutional trunk is where bf16/fp16 pays off; the
+embedding layer (the backbone's final FC + BatchNorm1d), the head and the loss compute in float32
+because the cosines are scaled by s = 32..64 inside the loss, and in bf16 the margin (0.16) would be
+lost in rounding. Each of those modules disables autocast for its own part (docs/models.md,
+"Precision"), so this holds whatever wraps them; the explicit fp32 region below only documents it.
+The head matmul is a small fraction of the step (2 x B x D x C against ~12 GMACs per sample for
+iresnet100).
 """
 
 from __future__ import annotations
