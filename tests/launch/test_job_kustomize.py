@@ -146,3 +146,4 @@ def test_cluster_configs_are_the_recipes_with_cluster_paths():
         diff = {(s, k) for s in ours for k in set(ours[s]) | set(theirs[s]) if ours[s].get(k) != theirs[s].get(k)}
         assert diff <= path_keys, diff
         assert load_config(REPO / config_file).data.train_dir.startswith("/data/")
+
