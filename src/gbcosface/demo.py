@@ -39,7 +39,8 @@ def _world_is_current(world_dir: Path, spec: Any) -> bool:
 def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: int = 2,
              gate_min_tar: float = 0.3, gate_far: float = 1e-3, keep_world: bool = True,
              world_overrides: dict[str, Any] | None = None,
-             recipe_overrides: list[str] | None = None) -> dict[str, Any]:
+             recipe_overrides: list[str] | None = None, runner: str = "subprocess",
+             image: str | None = None) -> dict[str, Any]:
     from gbcosface.data.synthetic.world import WorldSpec, generate_world
     from gbcosface.pipeline_cli import run_local
     from gbcosface.storage import download_dir, upload
@@ -91,7 +92,10 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
             "export_onnx": True,
         }
         t = time.monotonic()
-        run_dir = run_local(params, out / "kfp")
+        if runner == "docker":
+            run_dir = _run_in_containers(params, out, image=image, environment=server.env())
+        else:
+            run_dir = run_local(params, out / "kfp")
         timings["pipeline_s"] = time.monotonic() - t
         run_id = run_dir.name
         run_uri = f"{params['output_uri']}/runs/{run_id}"
@@ -107,6 +111,21 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print_summary(summary)
     return summary
+
+
+def _run_in_containers(params: dict[str, Any], out: Path, *, image: str | None,
+                       environment: dict[str, str]) -> Path:
+    """`--runner docker`: every step in `image` under KFP's DockerRunner, the job's replicas as
+    containers of it too (launcher local-containers); see gbcosface.launch.containers."""
+    from gbcosface.launch.containers import step_session
+    from gbcosface.pipeline_cli import run_local
+
+    if not image:
+        raise ValueError("--runner docker needs --image (what `make build-images` built)")
+    params = {**params, "launcher": "local-containers", "trainer_image": image}
+    with step_session(writable=[out / "kfp", out / "work"], environment=environment,
+                      log_path=out / "podman-service.log") as docker_args:
+        return run_local(params, out / "kfp", runner="docker", image=image, docker_args=docker_args)
 
 
 def evaluate_untrained(out: Path, *, seed: int, overrides: list[str]) -> dict[str, Any]:
@@ -146,7 +165,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     run_demo(Path(args.out), seed=args.seed, steps=args.steps, replicas=args.replicas,
-             gate_min_tar=args.gate_min_tar)
+             gate_min_tar=args.gate_min_tar, runner=args.runner, image=args.image)
     return 0
 
 
@@ -157,4 +176,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--replicas", type=int, default=2, help="emulated PyTorchJob replicas")
     p.add_argument("--gate-min-tar", type=float, default=0.3, help="publish when TAR@FAR=1e-3 reaches this")
+    p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                   help="docker: every step and training replica in a container of --image (Docker API of "
+                        "DOCKER_HOST, else a podman service started for the run)")
+    p.add_argument("--image", default=None, help="with --runner docker: the image (make build-images)")
     p.set_defaults(func=_cmd_demo)

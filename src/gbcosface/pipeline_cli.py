@@ -66,16 +66,43 @@ def compile_pipeline(out: str | Path) -> Path:
     return out
 
 
-def run_local(params: dict[str, Any], pipeline_root: str | Path) -> Path:
-    """Run the DAG with KFP's local SubprocessRunner in this environment; returns the run's folder."""
+def step_images(module: Any) -> set[str]:
+    """The images the compiled DAG's steps run in."""
+    from google.protobuf import json_format
+
+    executors = json_format.MessageToDict(module.gbcosface_train_eval.pipeline_spec.deployment_spec)["executors"]
+    return {e["container"]["image"] for e in executors.values() if "container" in e}
+
+
+def run_local(params: dict[str, Any], pipeline_root: str | Path, runner: str = "subprocess", *,
+              image: str | None = None, docker_args: dict[str, Any] | None = None) -> Path:
+    """Run the DAG on this machine; returns the run's folder.
+
+    runner="subprocess": KFP's SubprocessRunner, every step in this environment. runner="docker":
+    KFP's DockerRunner, every step in a container of its component's image through the Docker API
+    of DOCKER_HOST (Docker, or podman's); `image` checks that this is the image the steps use
+    (GBCOSFACE_PIPELINE_IMAGE selects it when the pipeline is loaded), `docker_args` go to
+    `containers.run` (mounts, network, environment: see launch.containers.step_container_args).
+    """
     from kfp import local
 
+    if runner not in ("subprocess", "docker"):
+        raise ValueError(f"runner must be 'subprocess' or 'docker', not {runner!r}")
+    if image and runner == "docker":
+        os.environ.setdefault("GBCOSFACE_PIPELINE_IMAGE", image)
     module = load_pipeline_module()
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in root.iterdir()}
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True)
+    if runner == "docker":
+        images = step_images(module)
+        if image and images != {image}:
+            raise RuntimeError(f"the pipeline's steps run {sorted(images)}, not {image}: set "
+                               f"GBCOSFACE_PIPELINE_IMAGE={image} before the pipeline is loaded")
+        kfp_runner: Any = local.DockerRunner(**(docker_args or {}))
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
     module.gbcosface_train_eval(**params)
     new = sorted(p for p in root.iterdir() if p.name not in before and p.is_dir())
     if not new:

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 #: Where training pods stage the dataset on a cluster (an emptyDir or a PVC mounted by the job).
 POD_DATA_DIR = "/data"
+#: kubeflow: a PyTorchJob on the cluster; local: its emulation with one process per replica;
+#: local-containers: the emulation with one container of the job's image per replica.
+LAUNCHERS = ("kubeflow", "local", "local-containers")
 
 
 def resolve_config(*, recipe: str, overrides: list[str], data_root: str, data_source: str,
@@ -48,10 +51,12 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
 
     manifest = read_manifest(dataset_manifest)
     manifest_uri = join_uri(run_uri, "dataset", "manifest.json")
-    local = launcher == "local"
-    if launcher not in ("local", "kubeflow"):
-        raise ValueError(f"launcher must be 'local' or 'kubeflow', not {launcher!r}")
-    data_root = str(data_cache_dir(work_dir).resolve()) if local else POD_DATA_DIR
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {LAUNCHERS}, not {launcher!r}")
+    local = launcher != "kubeflow"
+    # Replica processes share this step's staged copy; replica containers stage into their own
+    # /data, as pods do.
+    data_root = str(data_cache_dir(work_dir).resolve()) if launcher == "local" else POD_DATA_DIR
     cfg = resolve_config(recipe=recipe, overrides=overrides, data_root=data_root,
                          data_source=manifest.source, manifest_uri=manifest_uri, run_uri=run_uri)
     endpoint = endpoint_url or None
@@ -61,7 +66,7 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
                     image=image, namespace=namespace, s3_secret=s3_secret, gpus_per_node=gpus_per_node,
                     timeout_s=timeout_s)
     if local:
-        _run_local(cfg, spec, work_dir=work_dir)
+        _run_local(cfg, spec, work_dir=work_dir, containers=launcher == "local-containers")
         image_ref = f"local-emulation ({image})" if image else "local-emulation"
     else:
         _run_cluster(cfg, spec, timeout_s=timeout_s)
@@ -98,9 +103,10 @@ def job_spec(*, name: str, run_id: str, local: bool, nnodes: int, nproc_per_node
     )
 
 
-def _run_local(cfg: TrainConfig, spec: Any, *, work_dir: str) -> None:
+def _run_local(cfg: TrainConfig, spec: Any, *, work_dir: str, containers: bool = False) -> None:
     """The PyTorchJob emulation: the rendered job's command, env, pod count, backoff and deadline,
-    one process per replica with the operator's environment (gbcosface.launch.local)."""
+    one process (or, with `containers`, one container of the job's image: gbcosface.launch.containers)
+    per replica with the operator's environment (gbcosface.launch.local)."""
     from gbcosface.launch.local import plan_from_job, run_plan
     from gbcosface.launch.pytorchjob import render_job
 
@@ -113,7 +119,12 @@ def _run_local(cfg: TrainConfig, spec: Any, *, work_dir: str) -> None:
     plan = plan_from_job(rendered.job, rendered.configmap, job_dir)
     threads = max(1, (os.cpu_count() or 1) // (spec.nnodes * spec.nproc_per_node))
     plan.env.setdefault("OMP_NUM_THREADS", str(threads))
-    result = run_plan(plan, log_dir=job_dir / "logs", metrics_base_port=cfg.run.metrics_port or None)
+    extra: dict[str, Any] = {}
+    if containers:
+        from gbcosface.launch.containers import runtime_for_job, secret_env
+
+        extra = {"runtime": runtime_for_job(rendered.job, job_dir / "config.yaml"), "base_env": secret_env()}
+    result = run_plan(plan, log_dir=job_dir / "logs", metrics_base_port=cfg.run.metrics_port or None, **extra)
     if not result.succeeded:
         tail = ""
         log_file = result.log_file(0)
@@ -140,8 +151,8 @@ def cleanup_job(*, run_id: str, launcher: str, namespace: str) -> str:
     from gbcosface.launch.names import job_name_for_run
 
     name = job_name_for_run(run_id)
-    if launcher == "local":
-        # The emulator stops its processes itself, on success, failure and cancellation.
+    if launcher in ("local", "local-containers"):
+        # The emulator stops its processes (containers) itself, on success, failure and cancellation.
         return f"local launcher: nothing left to delete for {name}"
     from gbcosface.launch.client import JobClient
 
