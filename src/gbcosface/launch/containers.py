@@ -88,14 +88,16 @@ def quantity_bytes(quantity: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2) or ""]
 
 
-def docker_client(base_url: str | None = None) -> Any:
-    """A Docker SDK client for DOCKER_HOST (or `base_url`), with a clear error when there is no API."""
+def docker_client(base_url: str | None = None, timeout: float | None = 60) -> Any:
+    """A Docker SDK client for DOCKER_HOST (or `base_url`), with a clear error when there is no API.
+    `timeout` bounds every read, so a log stream needs a client with None (a quiet replica is fine)."""
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - the [containers] extra is missing
         raise ContainerError("the Docker SDK is not installed: pip install 'gbcosface[containers]'") from exc
     try:
-        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        client = (docker.DockerClient(base_url=base_url, timeout=timeout) if base_url
+                  else docker.from_env(timeout=timeout))
         client.ping()
     except Exception as exc:
         where = base_url or os.environ.get("DOCKER_HOST", "the default socket")
@@ -120,10 +122,13 @@ class ContainerRuntime:
     network_mode: str = "host"
     labels: dict[str, str] = field(default_factory=dict)
     client: Any = None
+    stream_client: Any = None  # for log streams: no read timeout (default: `client` if given, else a new one)
 
     def __post_init__(self) -> None:
         if self.client is None:
             self.client = docker_client()
+            self.stream_client = self.stream_client or docker_client(timeout=None)
+        self.stream_client = self.stream_client or self.client
         import docker
 
         try:
@@ -176,19 +181,20 @@ class ContainerReplica:
             self._log.close()
             raise ContainerError(f"replica {name}: the engine did not start a container of {runtime.image}: "
                                  f"{exc.explanation or exc}") from exc
+        self._stream_client = runtime.stream_client
         self._pump = threading.Thread(target=self._copy, name=f"log-{short}", daemon=True)
         self._pump.start()
 
     def _copy(self) -> None:
         pending = b""
         try:
-            for chunk in self.container.logs(stream=True, follow=True):
+            for chunk in self._stream_client.api.logs(self.container.id, stream=True, follow=True):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for raw in lines:
                     self._write(raw.decode("utf-8", errors="replace") + "\n")
-        except self._errors.APIError:
-            pass  # removed while streaming
+        except Exception:  # noqa: BLE001 - the container was removed, or the engine went away
+            pass
         if pending:
             self._write(pending.decode("utf-8", errors="replace") + "\n")
 
