@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ LINEAGE = {"run_id": "image-test", "config_hash": "c" * 64, "dataset_manifest_ha
            "code_version": "test", "image": "under-test", "seed": 0}
 
 
-def test_publish_exports_onnx_inside_the_image(engine, image, tmp_path):
+def test_publish_exports_onnx_inside_the_image(engine, image, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = backbone_from_config(load_config("demo").model).eval()
     work = tmp_path / "work"
@@ -35,9 +36,17 @@ def test_publish_exports_onnx_inside_the_image(engine, image, tmp_path):
     save_backbone(model, work / "model" / "backbone.pt")
     (work / "model" / "metadata.json").write_text(json.dumps(LINEAGE))
     (work / "results" / "metrics.json").write_text(json.dumps({"target": "IJBC", "tar_at_far": {"1e-3": 0.5}}))
-    grant(work, 1000)
+    for path in [work, *work.rglob("*")]:  # as if an earlier step (the image's user) had written them
+        if path.is_dir():
+            grant(path, 1000)
+        elif os.geteuid() == 0:
+            os.chown(path, 1000, 1000)
+        else:
+            path.chmod(0o644)
     with LocalS3Server() as server:
         server.create_bucket("bucket")
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
         run_uri = "s3://bucket/out/runs/image-test"
         args = {"model_dir": str(work / "model"), "model_metadata": LINEAGE, "results_dir": str(work / "results"),
                 "dataset_metadata": {"source": "s3://bucket/data"}, "run_uri": run_uri,
