@@ -80,7 +80,9 @@ container-tools:
 
 build-images: venv $(if $(filter podman,$(ENGINE)),container-tools)
 	rm -f dist/gbcosface-*.whl
-	$(PY) -m pip wheel -q --no-deps --no-build-isolation --wheel-dir dist .
+	# A wheel with fixed timestamps: unchanged sources give the same bytes, so the image's layers stay cached.
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
+	  $(PY) -m pip wheel -q --no-deps --no-build-isolation --wheel-dir dist .
 	$(PY) -m pip freeze --all --exclude-editable | grep -v -i -E '^(gbcosface|-e )' > dist/constraints.txt
 	$(if $(BASE_IMAGE),,$(ENGINE_ENV) images/base/debian-base.sh $(ENGINE) $(DEBIAN_BASE) bookworm $(DEBIAN_MIRROR))
 	$(ENGINE_ENV) $(ENGINE) build -f images/gbcosface/Dockerfile -t $(IMAGE) \

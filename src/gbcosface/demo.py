@@ -123,7 +123,7 @@ def _run_in_containers(params: dict[str, Any], out: Path, *, image: str | None,
     if not image:
         raise ValueError("--runner docker needs --image (what `make build-images` built)")
     params = {**params, "launcher": "local-containers", "trainer_image": image}
-    with step_session(writable=[out / "kfp", out / "work"], environment=environment,
+    with step_session(writable=[out / "work"], pipeline_root=out / "kfp", environment=environment,
                       log_path=out / "podman-service.log") as docker_args:
         return run_local(params, out / "kfp", runner="docker", image=image, docker_args=docker_args)
 

@@ -8,23 +8,41 @@ outputs (e.g. a pipeline root its user cannot write), so success alone proves no
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
 
 from gbcosface.demo import run_demo
 from gbcosface.eval.ijb import format_comparison
+from gbcosface.launch.local import free_port
 
 pytestmark = [pytest.mark.image, pytest.mark.e2e]
 
+REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = ("dataset/manifest.json", "config.yaml", "model/backbone.pt", "model/backbone.json",
              "model/backbone.onnx", "model/metadata.json", "eval/IJBC/metrics.json", "eval/IJBC/report.html",
              "eval/IJBC/roc.png", "eval/IJBC/scores.npy", "summary.json")
 
 
-def test_demo_runs_every_step_and_replica_in_the_image(engine, image, tmp_path, capsys):
-    out = tmp_path / "demo"
-    summary = run_demo(out, runner="docker", image=image)
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free: the two replicas' metrics ports (other demos may hold 9400)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+
+
+def test_demo_runs_every_step_and_replica_in_the_image(engine, image, capsys):
+    # Under build/ (not a temp dir) so that a rerun reuses the synthetic world, as `make demo` does.
+    out = REPO / "build" / "image-test"
+    summary = run_demo(out, runner="docker", image=image, recipe_overrides=[f"run.metrics_port={free_port_pair()}"])
     with capsys.disabled():
         print("\n" + format_comparison({"untrained": summary["untrained"], "trained": summary["trained"]}))
         print(f"image-test: pipeline {summary['timings']['pipeline_s']:.0f} s, total {summary['timings']['total_s']:.0f} s")

@@ -402,8 +402,12 @@ def step_container_args(*, session: str, writable: Sequence[str | Path], environ
 
 @contextmanager
 def step_session(*, writable: Sequence[str | Path], environment: Mapping[str, str], uid: int = 1000,
+                 pipeline_root: str | Path | None = None,
                  log_path: str | Path | None = None) -> Iterator[dict[str, Any]]:
     """A Docker API for a run of the DAG in containers, and DockerRunner's arguments for it.
+
+    `writable` folders are mounted into the steps at their host paths; they and `pipeline_root`
+    (which DockerRunner mounts itself) are granted to `uid`.
 
     Uses DOCKER_HOST when set, else starts a podman service for the block (DOCKER_HOST points at it
     meanwhile). On exit, success or failure, every container of the session (steps and replicas) is
@@ -418,6 +422,6 @@ def step_session(*, writable: Sequence[str | Path], environment: Mapping[str, st
                                                         cleanup_label=f"{SESSION_LABEL}={session}"))
             os.environ["DOCKER_HOST"] = service.url
             stack.callback(os.environ.pop, "DOCKER_HOST", None)
-        for path in writable:
+        for path in [*writable, *([pipeline_root] if pipeline_root else [])]:
             grant(path, uid)
         yield step_container_args(session=session, writable=writable, environment=environment)
