@@ -109,3 +109,26 @@ def test_replicas_inherit_the_session_label_from_the_step(tmp_path, monkeypatch)
 def test_grant_makes_a_folder_the_containers_users(tmp_path):
     grant(tmp_path / "work", 1000)
     assert (tmp_path / "work").stat().st_uid == 1000
+
+
+def test_podmans_500_for_a_removed_container_reads_as_docker_404():
+    import requests
+
+    from gbcosface.launch.containers import podman_not_found_as_404
+
+    def answer(status: int, text: str) -> requests.Response:
+        response = requests.Response()
+        response.status_code, response._content, response.url = status, text.encode(), "http+docker://x/json"
+        return response
+
+    api = docker.APIClient.__new__(docker.APIClient)
+    gone = answer(500, "container abc does not exist in database: no such container")
+    with podman_not_found_as_404():
+        with pytest.raises(docker.errors.NotFound):
+            api._raise_for_status(gone)
+        with pytest.raises(docker.errors.APIError) as other:
+            api._raise_for_status(answer(500, "disk full"))
+        assert not isinstance(other.value, docker.errors.NotFound)
+    with pytest.raises(docker.errors.APIError) as outside:
+        api._raise_for_status(gone)
+    assert not isinstance(outside.value, docker.errors.NotFound)

@@ -424,4 +424,35 @@ def step_session(*, writable: Sequence[str | Path], environment: Mapping[str, st
             stack.callback(os.environ.pop, "DOCKER_HOST", None)
         for path in [*writable, *([pipeline_root] if pipeline_root else [])]:
             grant(path, uid)
+        stack.enter_context(podman_not_found_as_404())
         yield step_container_args(session=session, writable=writable, environment=environment)
+
+
+@contextmanager
+def podman_not_found_as_404() -> Iterator[None]:
+    """Make the Docker SDK see podman's "no such container" answers as NotFound, as Docker's are.
+
+    Why: podman 4.3's Docker API answers 500 ("... does not exist in database: no such container")
+    where Docker answers 404 for a container removed meanwhile. KFP's DockerRunner runs its steps
+    with auto_remove and catches NotFound when a quick step is gone before it asks for the logs; the
+    500 instead fails the run. Patched for the block only, in this process.
+    """
+    import docker
+    import docker.api.client as api
+
+    original = api.APIClient._raise_for_status
+
+    def raise_for_status(self: Any, response: Any) -> None:
+        try:
+            original(self, response)
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or "")
+            if exc.status_code == 500 and ("no such container" in text or "does not exist in database" in text):
+                raise docker.errors.NotFound(str(exc), response=response, explanation=exc.explanation) from exc
+            raise
+
+    api.APIClient._raise_for_status = raise_for_status
+    try:
+        yield
+    finally:
+        api.APIClient._raise_for_status = original
