@@ -269,6 +269,18 @@ def remove_labelled(client: Any, label: str = LABEL, value: str | None = None) -
     return removed
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies, so that a killed demo or test (SIGKILL, or a
+    SIGTERM that skips `__exit__`) does not leave the service running (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: __exit__ remains the only stop
+
+
 class PodmanService:
     """`podman system service` on a private socket, for as long as the `with` block runs.
 
@@ -308,7 +320,7 @@ class PodmanService:
         try:
             self._proc = subprocess.Popen([exe, "system", "service", "--time=0", self.url],
                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                                          start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
