@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MXVENV ?= .venv-mxnet
+, := ,
 STAMP := $(VENV)/.installed
 
-.PHONY: venv mxnet-venv prometheus test test-fast lint demo compile print-image bench build-images clean
+.PHONY: venv mxnet-venv prometheus test test-fast lint demo compile print-image bench container-tools build-images image-test clean
 
 venv: $(STAMP)
 
@@ -31,7 +32,7 @@ prometheus:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
 test: venv mxnet-venv prometheus
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not image"
 
 test-fast: venv
 	$(PY) -m pytest -q tests -m "not integration and not e2e"
@@ -61,29 +62,53 @@ comma := ,
 demo: venv
 	$(PY) -m gbcosface demo --out demo-out
 
-# Container images (docs/kubernetes.md): the wheel into dist/, then the trainer image (CUDA + torch,
-# what PyTorchJob pods run) and the pipeline image (KFP steps). ENGINE=docker|podman; PUSH=1 pushes;
-# TRAINER_BASE / PIPELINE_BASE / TORCH_INDEX_URL override the Dockerfiles' pinned defaults.
+# The container image (docs/containers.md): ONE image, $(IMAGE), for the KFP steps and the PyTorchJob
+# pods. ENGINE=podman|docker; PUSH=1 pushes. Without BASE_IMAGE the base is built from Debian packages
+# (images/base/debian-base.sh, no registry needed); BASE_IMAGE=...@sha256:... uses an upstream base.
+# SITE_CA=file adds a CA for TLS-intercepting networks to the build and the image; HOST_PIP=1 (podman)
+# lends the build this machine's pip index settings (a local mirror); BUILD_NETWORK=host where the
+# build's network cannot reach the package index otherwise.
 ENGINE ?= docker
 PUSH ?= 0
-TRAINER_BASE ?=
-PIPELINE_BASE ?=
-TORCH_INDEX_URL ?=
+BASE_IMAGE ?=
+DEBIAN_BASE ?= localhost/gbcosface-base:bookworm
+DEBIAN_MIRROR ?=
+SITE_CA ?=
+HOST_PIP ?= 0
+BUILD_NETWORK ?=
 REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# podman on these machines needs runc with explicit ulimits (images/containers.conf); set
+# PODMAN_CONF= to use the host's own containers.conf.
+PODMAN_CONF ?= $(CURDIR)/images/containers.conf
+ENGINE_ENV = $(if $(and $(filter podman,$(ENGINE)),$(PODMAN_CONF)),CONTAINERS_CONF=$(PODMAN_CONF))
 
-build-images: venv
+# podman (with runc) and mmdebstrap from Debian, as `make prometheus` installs Prometheus.
+container-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      podman runc mmdebstrap fuse-overlayfs slirp4netns uidmap >/dev/null; }
+
+build-images: venv $(if $(filter podman,$(ENGINE)),container-tools)
 	rm -f dist/gbcosface-*.whl
-	$(PY) -m pip wheel -q --no-deps --no-build-isolation --wheel-dir dist .
-	$(ENGINE) build -f images/trainer/Dockerfile -t $(REGISTRY)/gbcosface-trainer:$(TAG) \
-	  --build-arg VERSION=$(TAG) --build-arg REVISION=$(REVISION) \
-	  $(if $(TRAINER_BASE),--build-arg BASE_IMAGE=$(TRAINER_BASE)) .
-	$(ENGINE) build -f images/pipeline/Dockerfile -t $(REGISTRY)/gbcosface-pipeline:$(TAG) \
-	  --build-arg VERSION=$(TAG) --build-arg REVISION=$(REVISION) \
-	  $(if $(PIPELINE_BASE),--build-arg BASE_IMAGE=$(PIPELINE_BASE)) \
-	  $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) .
-	if [ "$(PUSH)" = 1 ]; then \
-	  $(ENGINE) push $(REGISTRY)/gbcosface-trainer:$(TAG) && $(ENGINE) push $(REGISTRY)/gbcosface-pipeline:$(TAG); \
-	fi
+	# A wheel with fixed timestamps: unchanged sources give the same bytes, so the image's layers stay cached.
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
+	  $(PY) -m pip wheel -q --no-deps --no-build-isolation --wheel-dir dist .
+	$(PY) -m pip freeze --all --exclude-editable | grep -v -i -E '^(gbcosface|-e )' > dist/constraints.txt
+	$(if $(BASE_IMAGE),,$(ENGINE_ENV) images/base/debian-base.sh $(ENGINE) $(DEBIAN_BASE) bookworm $(DEBIAN_MIRROR))
+	$(ENGINE_ENV) $(ENGINE) build -f images/gbcosface/Dockerfile -t $(IMAGE) \
+	  --build-arg BASE_IMAGE=$(or $(BASE_IMAGE),$(DEBIAN_BASE)) \
+	  --build-arg VERSION=$(TAG) --build-arg REVISION=$(REVISION) $(if $(filter podman,$(ENGINE)),--format docker) \
+	  $(if $(SITE_CA),--secret id=site-ca$(,)src=$(SITE_CA)) \
+	  $(if $(BUILD_NETWORK),--network $(BUILD_NETWORK)) \
+	  $(if $(filter 1,$(HOST_PIP)),$$($(PYTHON) images/host_pip_flags.py dist/host-pip.conf)) .
+	if [ "$(PUSH)" = 1 ]; then $(ENGINE_ENV) $(ENGINE) push $(IMAGE); fi
+
+# The demo DAG with KFP's DockerRunner through podman's Docker API: every step in $(IMAGE) as its
+# non-root user, the PyTorchJob's replicas as sibling containers (launcher local-containers), the
+# published objects checked in S3; then the publish step's ONNX export inside the image.
+image-test: ENGINE = podman
+image-test: container-tools build-images
+	$(ENGINE_ENV) GBCOSFACE_IMAGE=$(IMAGE) $(PY) -m pytest -q -m image tests/images
 
 clean:
 	rm -rf $(VENV) $(MXVENV) build dist .pytest_cache

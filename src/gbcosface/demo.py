@@ -39,7 +39,8 @@ def _world_is_current(world_dir: Path, spec: Any) -> bool:
 def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: int = 2,
              gate_min_tar: float = 0.3, gate_far: float = 1e-3, keep_world: bool = True,
              world_overrides: dict[str, Any] | None = None,
-             recipe_overrides: list[str] | None = None, quiet: bool = True) -> dict[str, Any]:
+             recipe_overrides: list[str] | None = None, quiet: bool = True, runner: str = "subprocess",
+             image: str | None = None) -> dict[str, Any]:
     from gbcosface.console import step_console
     from gbcosface.data.synthetic.world import WorldSpec, generate_world
     from gbcosface.pipeline_cli import local_run_id, run_local
@@ -98,7 +99,10 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
         print(f"running the pipeline (KFP local runner); executor input and step logs go to {log_path}",
               flush=True)
         with step_console(log_path, quiet=quiet):
-            run_dir = run_local(params, out / "kfp")
+            if runner == "docker":
+                run_dir = _run_in_containers(params, out, image=image, environment=server.env())
+            else:
+                run_dir = run_local(params, out / "kfp")
         timings["pipeline_s"] = time.monotonic() - t
         run_id = local_run_id(run_dir)
         run_uri = run_prefix(params["output_uri"], run_id)
@@ -114,6 +118,21 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print_summary(summary)
     return summary
+
+
+def _run_in_containers(params: dict[str, Any], out: Path, *, image: str | None,
+                       environment: dict[str, str]) -> Path:
+    """`--runner docker`: every step in `image` under KFP's DockerRunner, the job's replicas as
+    containers of it too (launcher local-containers); see gbcosface.launch.containers."""
+    from gbcosface.launch.containers import step_session
+    from gbcosface.pipeline_cli import run_local
+
+    if not image:
+        raise ValueError("--runner docker needs --image (what `make build-images` built)")
+    params = {**params, "launcher": "local-containers", "trainer_image": image}
+    with step_session(writable=[out / "work"], pipeline_root=out / "kfp", environment=environment,
+                      log_path=out / "podman-service.log") as docker_args:
+        return run_local(params, out / "kfp", runner="docker", image=image, docker_args=docker_args)
 
 
 def evaluate_untrained(out: Path, *, seed: int, overrides: list[str]) -> dict[str, Any]:
@@ -158,7 +177,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     run_demo(Path(args.out), seed=args.seed, steps=args.steps, replicas=args.replicas,
-             gate_min_tar=args.gate_min_tar, quiet=not args.show_logs)
+             gate_min_tar=args.gate_min_tar, quiet=not args.show_logs, runner=args.runner, image=args.image)
     return 0
 
 
@@ -171,4 +190,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gate-min-tar", type=float, default=0.3, help="publish when TAR@FAR=1e-3 reaches this")
     p.add_argument("--show-logs", action="store_true",
                    help="print everything KFP prints (executor input, step output) instead of one line per step")
+    p.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                   help="docker: every step and training replica in a container of --image (Docker API of "
+                        "DOCKER_HOST, else a podman service started for the run)")
+    p.add_argument("--image", default=None, help="with --runner docker: the image (make build-images)")
     p.set_defaults(func=_cmd_demo)

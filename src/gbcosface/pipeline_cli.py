@@ -77,14 +77,28 @@ def compile_pipeline(out: str | Path, image: str | None = None, image_pull_secre
     return out
 
 
-def run_local(params: dict[str, Any], pipeline_root: str | Path, image: str | None = None) -> Path:
-    """Run the DAG with KFP's local SubprocessRunner in this environment; returns the run's folder.
+def step_images(pipeline: Any) -> set[str]:
+    """The images the pipeline's steps run in (as the local runners read them from the IR)."""
+    from google.protobuf import json_format
 
-    The local runners read each task's image from the IR as it is, so the DAG is built with the
-    static `image` here instead of the run-time `pipeline_image` parameter.
+    executors = json_format.MessageToDict(pipeline.pipeline_spec.deployment_spec)["executors"]
+    return {e["container"]["image"] for e in executors.values() if "container" in e}
+
+
+def run_local(params: dict[str, Any], pipeline_root: str | Path, runner: str = "subprocess", *,
+              image: str | None = None, docker_args: dict[str, Any] | None = None) -> Path:
+    """Run the DAG on this machine; returns the run's folder.
+
+    runner="subprocess": KFP's SubprocessRunner, every step in this environment. runner="docker":
+    KFP's DockerRunner, every step in a container of `image` through the Docker API of DOCKER_HOST
+    (Docker, or podman's); `docker_args` go to `containers.run` (mounts, network, environment: see
+    launch.containers.step_container_args). The local runners read each task's image from the IR as
+    it is, so the DAG is built with the static `image` instead of the run-time `pipeline_image`.
     """
     from kfp import local
 
+    if runner not in ("subprocess", "docker"):
+        raise ValueError(f"runner must be 'subprocess' or 'docker', not {runner!r}")
     module = load_pipeline_module()
     options = module.CompileOptions(runtime_images=False)
     if image:
@@ -93,8 +107,14 @@ def run_local(params: dict[str, Any], pipeline_root: str | Path, image: str | No
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in root.iterdir()}
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True)
+    if runner == "docker":
+        images = step_images(pipeline)
+        if image and images != {image}:
+            raise RuntimeError(f"the pipeline's steps run {sorted(images)}, not {image}")
+        kfp_runner: Any = local.DockerRunner(**(docker_args or {}))
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
     pipeline(**params)
     new = sorted(p for p in root.iterdir() if p.name not in before and p.is_dir())
     if not new:

@@ -18,7 +18,7 @@ from gbcosface.launch.validate import job_errors
 
 # The oldest Kubernetes the Training Operator v1.9 line is used with, and the newest schema shipped.
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
-IMAGE = "ghcr.io/gbcosface/gbcosface-trainer:0.1.0"
+IMAGE = "ghcr.io/gbcosface/gbcosface:0.1.0"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 COMMON = dict(name="gbcosface-train", namespace="kubeflow", image=IMAGE, s3_secret_name="gbcosface-s3",
               service_account="gbcosface-trainer", data_volume_claim="gbcosface-data", memory_request="128Gi",

@@ -33,7 +33,7 @@ SCHEMAS = {  # kind -> (CRD file, version)
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(REPO)) for p in (REPO / "k8s").rglob("kustomization.yaml"))
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 TRAINJOB_2X8 = JobSpec(
-    name="gbcosface-train", namespace="kubeflow", image="ghcr.io/gbcosface/gbcosface-trainer:0.1.0",
+    name="gbcosface-train", namespace="kubeflow", image="ghcr.io/gbcosface/gbcosface:0.1.0",
     s3_secret_name="gbcosface-s3", service_account="gbcosface-trainer", data_volume_claim="gbcosface-data",
     memory_request="128Gi", memory_limit="192Gi", cpu_request="32", nnodes=2, nproc_per_node=8, gpus_per_node=8,
     shm_size="64Gi", tolerations=[GPU_TOLERATION], nccl_socket_ifname="eth0",

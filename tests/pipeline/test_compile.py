@@ -80,3 +80,15 @@ def test_make_compile_and_build_images_name_the_same_image():
     out = subprocess.run(["make", "-s", "-C", str(root), "print-image", "REGISTRY=r.example/x", "TAG=7"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == image_ref("r.example/x", "7")
+
+
+def test_the_manifests_run_the_one_image_that_is_built():
+    """Every container image in k8s/ (jobs, runtimes, overlays) is gbcosface.images.DEFAULT_IMAGE."""
+    root = Path(__file__).resolve().parents[2]
+    found = {}
+    for path in sorted((root / "k8s").rglob("*.yaml")):
+        for line in path.read_text().splitlines():
+            stripped = line.split("#", 1)[0].strip()
+            if stripped.startswith("image:"):
+                found[f"{path.relative_to(root)}: {stripped}"] = stripped.split(":", 1)[1].strip()
+    assert found and set(found.values()) == {DEFAULT_IMAGE}, found

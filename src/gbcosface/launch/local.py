@@ -35,10 +35,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import contract, trainjob_env
-from ._signals import Terminated, sigterm_raises
+from ._signals import sigterm_raises
+
+if TYPE_CHECKING:
+    from .containers import ReplicaRuntime
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +237,7 @@ def run_local_job(
     grace_s: float = 10.0,
     metrics_base_port: int | None = None,
     kind: str = "pytorchjob",
+    runtime: ReplicaRuntime | None = None,
 ) -> LocalJobResult:
     """Run `replicas` pods' worth of processes; return when all exit 0 (success), or when an
     attempt fails and `max_restarts` are used up, or when `timeout_s` (the job's
@@ -241,6 +245,8 @@ def run_local_job(
     `python` maps to this interpreter); without it `config` is required. `echo`: True copies the
     replicas' output to `sys.stdout` (as it is at call time), a stream copies it there, False not.
     `kind`: whose environment and replica names ("pytorchjob" or "trainjob").
+    `runtime` starts each replica (default: a process of this venv; `containers.ContainerRuntime`:
+    a container of the job's image, and `command` is then not mapped to this interpreter).
     """
     _check_kind(kind)
     if replicas < 1 or nproc_per_node < 1:
@@ -257,7 +263,8 @@ def run_local_job(
                 raise FileNotFoundError(f"config file {config} does not exist (nor is it a recipe: {recipe_names()})")
             config = recipe_path(str(config))  # a shipped recipe name, as `load_config` accepts
         command = default_command(config, overrides)
-    argv = contract.local_argv(command)
+    argv = contract.local_argv(command) if runtime is None else runtime.argv(command)
+    start_replica = _Replica if runtime is None else runtime.start
     stream: IO[str] | None = sys.stdout if echo is True else (echo or None)
     out_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"{job_name}-"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,12 +284,12 @@ def run_local_job(
                     if metrics_base_port:
                         env[METRICS_BASE_PORT_ENV] = str(metrics_base_port + rank * nproc_per_node)
                     short = name[len(job_name) + 1:]
-                    reps.append(_Replica(name, short, argv, env, None if cwd is None else str(cwd),
-                                         out_dir / f"{name}.log", attempt, stream))
+                    reps.append(start_replica(name, short, argv, env, None if cwd is None else str(cwd),
+                                              out_dir / f"{name}.log", attempt, stream))
                 reason = _watch(reps, deadline, poll_interval)
                 if reason != "Succeeded":
                     _stop_all(reps, grace_s)
-            except (KeyboardInterrupt, Terminated):
+            except BaseException:  # Ctrl-C, SIGTERM, or a replica that could not start: stop the others
                 _stop_all(reps, grace_s)
                 for rep in reps:
                     rep.finish()

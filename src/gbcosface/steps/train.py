@@ -83,7 +83,9 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
     manifest_uri = join_uri(run_uri, "dataset", "manifest.json")
     local = _is_local(launcher)
     ns = default_namespace(namespace)
-    data_root = str(data_cache_dir(work_dir).resolve()) if local else POD_DATA_DIR
+    # Replica processes share this step's staged copy; replica containers stage into their own
+    # /data, as pods do.
+    data_root = str(data_cache_dir(work_dir).resolve()) if launcher == "local" else POD_DATA_DIR
     cfg = resolve_config(recipe=recipe, overrides=overrides, data_root=data_root,
                          data_source=manifest.source, manifest_uri=manifest_uri, run_uri=run_uri)
     endpoint = endpoint_url or None
@@ -126,7 +128,7 @@ def job_spec(*, name: str, run_id: str, local: bool, nnodes: int, nproc_per_node
     from gbcosface.launch.profile import ClusterProfile, apply_profile
     from gbcosface.launch.spec import JobSpec
 
-    spec = JobSpec(name=name, image=image or "gbcosface-trainer:local", namespace=namespace, nnodes=nnodes,
+    spec = JobSpec(name=name, image=image or "gbcosface:local", namespace=namespace, nnodes=nnodes,
                    nproc_per_node=nproc_per_node, gpus_per_node=0 if local else gpus_per_node, run_id=run_id,
                    active_deadline_seconds=timeout_s or None, data_mount_path=POD_DATA_DIR)
     spec = apply_profile(spec, profile or ClusterProfile())
@@ -140,7 +142,8 @@ def job_spec(*, name: str, run_id: str, local: bool, nnodes: int, nproc_per_node
 
 def _run_local(cfg: TrainConfig, spec: JobSpec, *, job_kind: str, launcher: str, work_dir: str) -> None:
     """The job's emulation: the rendered job's command, env, node count, restarts and deadline, one
-    process per node with its operator's environment (gbcosface.launch.local)."""
+    process (or, with launcher local-containers, one container of the job's image) per node with its
+    operator's environment (gbcosface.launch.local)."""
     from gbcosface.launch.kinds import get_job_kind
     from gbcosface.launch.local import run_plan
 
@@ -154,9 +157,15 @@ def _run_local(cfg: TrainConfig, spec: JobSpec, *, job_kind: str, launcher: str,
     plan = kind.plan(rendered.job, rendered.configmap, job_dir)
     threads = max(1, (os.cpu_count() or 1) // (spec.nnodes * spec.nproc_per_node))
     plan.env.setdefault("OMP_NUM_THREADS", str(threads))
-    if launcher != "local":
-        raise ValueError(f"launcher {launcher!r} is not available in this build")
-    result = run_plan(plan, log_dir=job_dir / "logs", metrics_base_port=cfg.run.metrics_port or None)
+    extra: dict[str, Any] = {}
+    if launcher == "local-containers":
+        # Each node a container of the job's image (gbcosface.launch.containers), as its Master pod runs.
+        from gbcosface.launch.containers import runtime_for_job, secret_env
+
+        if job_kind != "pytorchjob":
+            raise ValueError("launcher local-containers emulates PyTorchJobs only; use launcher local for a TrainJob")
+        extra = {"runtime": runtime_for_job(rendered.job, job_dir / "config.yaml"), "base_env": secret_env()}
+    result = run_plan(plan, log_dir=job_dir / "logs", metrics_base_port=cfg.run.metrics_port or None, **extra)
     if not result.succeeded:
         tail = ""
         log_file = result.log_file(0)
