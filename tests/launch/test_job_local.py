@@ -165,7 +165,9 @@ def test_plan_from_a_rendered_job_runs_what_would_be_submitted(tmp_path):
     assert load_config(local_config).run.seed == 11
     assert (plan.replicas, plan.nproc_per_node, plan.max_restarts, plan.timeout_s) == (3, 2, 1, 600.0)
     assert plan.env == {"GBCOSFACE_JOB_NAME": "gbc-plan", "NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "lo",
-                        "GLOO_SOCKET_IFNAME": "lo"}  # Secret references stay with the caller's env
+                        "GLOO_SOCKET_IFNAME": "lo",
+                        # torchrun lets the workers finish a preemption checkpoint within the pod's grace
+                        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "285"}  # Secret references stay with the caller's env
 
     # Run the plan with a stand-in command: the pods' env is the pod template's plus the operator's.
     script = _script(tmp_path, "dump_env.py", DUMP_ENV)

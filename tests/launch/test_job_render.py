@@ -73,7 +73,8 @@ def test_one_node_job_shape():
     assert cfg_vol["configMap"]["name"] == "gbc-one-config"
     assert {"name": "config", "mountPath": "/etc/gbcosface", "readOnly": True} in c["volumeMounts"]
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env == {"GBCOSFACE_JOB_NAME": "gbc-one", "NCCL_DEBUG": "WARN"}
+    # torchrun's shutdown wait: the pod's grace period (300 s) less 15 s, so a preemption checkpoint completes.
+    assert env == {"GBCOSFACE_JOB_NAME": "gbc-one", "NCCL_DEBUG": "WARN", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "285"}
     # The operator injects these; the template must not fight it.
     assert not set(env) & set(contract.OPERATOR_ENV_NAMES)
     run = job["spec"]["runPolicy"]
@@ -191,3 +192,10 @@ def test_operator_env_contract_values():
     assert tuple(env) == contract.OPERATOR_ENV_NAMES
     with pytest.raises(ValueError):
         contract.operator_env("job", "Worker", 3, nnodes=4, nproc_per_node=8)  # rank 4 in a 4-pod job
+
+
+def test_torchrun_shutdown_timeout_follows_the_grace_period():
+    from gbcosface.launch import contract
+
+    assert contract.shutdown_timeout_s(300) == 285
+    assert contract.shutdown_timeout_s(20) == 30  # never below torchrun's own default

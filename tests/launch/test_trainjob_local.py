@@ -76,7 +76,9 @@ def test_plan_of_a_rendered_trainjob_runs_what_would_be_submitted(tmp_path):
     assert from_dict(yaml.safe_load(local_config.read_text())).run.seed == 11
     assert (plan.replicas, plan.nproc_per_node, plan.max_restarts, plan.timeout_s) == (3, 2, 3, 600.0)
     assert plan.env == {"GBCOSFACE_JOB_NAME": "gbc-plan", "NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "lo",
-                        "GLOO_SOCKET_IFNAME": "lo"}  # Secret references stay with the caller's env
+                        "GLOO_SOCKET_IFNAME": "lo",
+                        # torchrun lets the workers finish a preemption checkpoint within the pod's grace
+                        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "285"}  # Secret references stay with the caller's env
     script = _script(tmp_path, "dump_env.py", DUMP_ENV)
     out = tmp_path / "env"
     out.mkdir()

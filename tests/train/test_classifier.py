@@ -64,8 +64,10 @@ def test_both_classifiers_give_the_same_loss_and_gradients(loss, head):
         terms = clf.loss_terms(x, y)
         terms["loss"].backward()
         grads.append((terms["loss"].detach(), clf.head.weight.grad.clone(), clf.backbone[1].weight.grad.clone()))
+    # float32, reductions in another order: ~1e-4 relative apart with the unit-norm head init (a wrong
+    # shard, scale or sync would be off by O(1)).
     for a, b in zip(grads[0], grads[1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=1e-6)
 
 
 def test_sharded_clipping_equals_torchs_clip_grad_norm():
@@ -96,9 +98,9 @@ def test_full_state_moves_between_the_two_paths():
     s_rep, s_sh = rep.full_state(opts[0]), sh.full_state(opts[1])
     assert set(s_sh) == set(s_rep) == {"backbone", "head", "loss", "optimizer"}
     assert s_sh["head"]["weight"].shape == (D, C)
-    torch.testing.assert_close(s_sh["head"]["weight"], s_rep["head"]["weight"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(s_sh["head"]["weight"], s_rep["head"]["weight"], rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(s_sh["optimizer"]["state"][2]["momentum_buffer"],
-                               s_rep["optimizer"]["state"][2]["momentum_buffer"], rtol=1e-5, atol=1e-7)
+                               s_rep["optimizer"]["state"][2]["momentum_buffer"], rtol=1e-4, atol=1e-7)
     # cross-load: the replicated state into the sharded classifier and back
     fresh_rep, fresh_sh = _pair()
     o_rep, o_sh = _opt(fresh_rep), _opt(fresh_sh)

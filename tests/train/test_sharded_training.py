@@ -6,7 +6,10 @@ differs), with the global-norm gradient clipping active (this tiny model's gradi
 clip 0.5). lr 0.01, not the 0.1 of the other trainer tests: at 0.1 this tiny model's first steps amplify
 float32 rounding (measured: 1e-6 apart after step 1, 7e-4 after step 3, in one process where the two
 paths differ only in how the soft negative's logsumexp is rounded), which would test the chaos of early
-training instead of the sharding.
+training instead of the sharding. For the same reason the head starts from N(0, 0.01) here
+(`head.init: normal`): with the official unit-norm init this tiny model amplifies the two paths'
+float32 rounding to ~2e-4 relative in 12 steps; that the sharded head starts from the replicated
+head's unit-norm matrix, and gives its loss and gradients, is checked in test_classifier.py.
 Resume matrix: the checkpoint always holds the whole head and its whole momentum, so a sharded
 checkpoint resumes at another world size (2 -> 1, 1 -> 2, 2 -> 3 with shards of 7, 7 and 6 classes).
 Each hop resumes the SAME checkpoint twice, sharded and replicated (whose any-world-size resume is
@@ -50,7 +53,7 @@ def _steps(text: str) -> list[int]:
 
 
 def _config(tmp: Path, trainset: Path, name: str, sharded: bool, max_steps: int) -> Path:
-    cfg = tiny_config(trainset, str(tmp / name), head={"type": "linear", "sharded": sharded},
+    cfg = tiny_config(trainset, str(tmp / name), head={"type": "linear", "sharded": sharded, "init": "normal"},
                       optim={"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "clip_grad_norm": 0.5},
                       run={"checkpoint_every": 4, "keep_last": 20, "log_every": 1},
                       schedule={"epochs": 4, "milestones": [2], "max_steps": max_steps})
