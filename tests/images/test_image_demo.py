@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gbcosface.demo import run_demo
-from gbcosface.eval.ijb import format_comparison
+from gbcosface.eval.report import format_comparison
 from gbcosface.launch.local import free_port
 
 pytestmark = [pytest.mark.image, pytest.mark.e2e]
