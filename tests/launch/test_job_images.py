@@ -57,5 +57,5 @@ def test_build_context_is_only_the_wheel_and_its_constraints():
 
 def test_the_makefile_builds_and_names_one_image():
     text = (REPO / "Makefile").read_text()
-    assert re.search(r"^IMAGE = \$\(REGISTRY\)/gbcosface:\$\(TAG\)$", text, re.M)
+    assert re.search(r"^IMAGE :?= \$\(REGISTRY\)/gbcosface:\$\(TAG\)$", text, re.M)
     assert "-f images/gbcosface/Dockerfile -t $(IMAGE)" in text

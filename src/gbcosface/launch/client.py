@@ -33,6 +33,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from . import _signals
 from ._signals import Terminated, sigterm_raises
 from .kinds import JobKind, JobStatus, get_job_kind
 from .pods import PodProblem, StuckWatch, pod_problems
@@ -381,7 +382,7 @@ class JobClient:
                     raise JobFailedError(f"{current.describe()}\n--- last {log_tail_lines} log lines ---\n{tail}",
                                          current, tail)
                 self._check_stuck(name, ns, watch, current, log_tail_lines)
-            time.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
+            _signals.sleep(min(poll_interval, deadline - time.monotonic()))
 
     def _check_stuck(self, name: str, ns: str, watch: StuckWatch, current: JobStatus, tail_lines: int) -> None:
         try:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import contract, trainjob_env
+from . import _signals, contract, trainjob_env
 from ._signals import sigterm_raises
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ def _watch(reps: list[_Replica], deadline: float | None, poll_interval: float) -
             return "Succeeded"
         if deadline is not None and time.monotonic() >= deadline:
             return "DeadlineExceeded"
-        time.sleep(poll_interval)
+        _signals.sleep(poll_interval)
 
 
 @dataclass
