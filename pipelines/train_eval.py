@@ -24,8 +24,6 @@ pull secret and GPU toleration are fixed at compile time; below 2.15 the Secret'
 below 2.17 the run has no TTL (docs/pipeline.md, "Supported backends").
 """
 
-import functools
-import inspect
 from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
@@ -42,14 +40,8 @@ from components.gbcosface_components import (
 )
 from gbcosface.images import DEFAULT_IMAGE
 from gbcosface.pipeline_backends import DEFAULT as DEFAULT_BACKEND
-from gbcosface.pipeline_backends import get_backend
-from gbcosface.steps.runs import RUN_ID_ENV
+from gbcosface.pipeline_backends import get_backend, run_id_argument, set_run_id_env, without_parameters
 
-RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-# Every pod of a run carries this label with the run's id (the API server sets it on the workflow's
-# podMetadata: kubeflow/pipelines@2.4.1:backend/src/apiserver/template/v2_template.go,
-# SetPodMetadataLabels(pipeline/runid)); the same id the 2.5+ driver gives {{$.pipeline_job_uuid}}.
-RUN_ID_LABEL = "metadata.labels['pipeline/runid']"
 DAY = 24 * 3600
 
 
@@ -95,26 +87,12 @@ S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL",)
 RUNTIME_K8S_PARAMS = ("image_pull_secret", "eval_tolerations")
 
 
-def _without_params(func, names: tuple[str, ...]):
-    """`func` with the parameters `names` removed from the signature KFP reads; they keep their
-    Python defaults inside (KFP calls a pipeline function positionally, in signature order)."""
-    sig = inspect.signature(func)
-    kept = [p for p in sig.parameters.values() if p.name not in names]
-
-    @functools.wraps(func)
-    def wrapper(*args):
-        return func(**dict(zip((p.name for p in kept), args, strict=True)))
-
-    wrapper.__signature__ = sig.replace(parameters=kept)
-    return wrapper
-
-
 def build_pipeline(options: "CompileOptions | None" = None):
     """Return the pipeline function for `options` (the defaults are what `make compile` uses)."""
     opts = options or CompileOptions()
     backend = get_backend(opts.backend)
     runtime_k8s = backend.has("param_secret_names") and backend.has("param_tolerations")
-    run_id = RUN_ID if backend.has("run_placeholders") else ""  # "": the step reads RUN_ID_ENV
+    run_id = run_id_argument(backend)  # the run's unique id, whole; "" below 2.5 (set_run_id_env)
     gpu_tolerations = [{"key": opts.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"}]
     pull_secret_default = opts.image_pull_secrets[0] if opts.image_pull_secrets else ""
 
@@ -155,8 +133,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
             elif opts.image_pull_secrets:
                 kubernetes.set_image_pull_secrets(task, list(opts.image_pull_secrets))
             kubernetes.set_timeout(task, timeout_s)
-            if not run_id:
-                kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_LABEL)
+            set_run_id_env(task, backend)
             if s3:
                 optional = backend.has("optional_secret_env")
                 keys = S3_ENV if optional else {k: v for k, v in S3_ENV.items() if k not in S3_OPTIONAL_KEYS}
@@ -209,7 +186,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
                      "record rejection", opts.small_timeout_s)
 
     if not runtime_k8s:
-        gbcosface_train_eval = _without_params(gbcosface_train_eval, RUNTIME_K8S_PARAMS)
+        gbcosface_train_eval = without_parameters(gbcosface_train_eval, RUNTIME_K8S_PARAMS)
     ttl = dsl.PipelineConfig(ttl_seconds_after_finished=opts.run_ttl_s) if backend.has("pipeline_ttl") else None
     return dsl.pipeline(
         name="gbcosface-train-eval",

@@ -16,16 +16,23 @@ backend. docs/pipeline.md has the matrix.
 Use from a pipeline module (pipelines/train_eval.py, and any other DAG):
 
     backend = get_backend(options.backend)
+    task = my_step(run_id=run_id_argument(backend), ...)   # the run id, whole, or "" below 2.5
+    set_run_id_env(task, backend)                           # below 2.5: from the pod's label
     if backend.has("pipeline_ttl"): ...
-    compile_pipeline(pipeline_func, "out.yaml", backend)   # compiles and checks the rules
+    func = without_parameters(func, ("a_param",))          # a run parameter this backend cannot honour
+    compile_pipeline(pipeline_func, "out.yaml", backend)    # compiles and checks the rules
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gbcosface.steps.runs import RUN_ID_ENV
 
 # The backend release lines this project compiles for and tests, oldest first.
 SUPPORTED = ("2.4", "2.5", "2.14", "2.15", "2.16", "2.17")
@@ -102,6 +109,47 @@ def get_backend(version: str | Backend | None = None, *, supported_only: bool = 
         raise BackendError(f"KFP backend {backend.name} is not supported (supported: {', '.join(SUPPORTED)}; "
                            "docs/pipeline.md, 'Supported backends')")
     return backend
+
+
+# Every pod of a run carries the label pipeline/runid with the run's id: the API server sets it on
+# the workflow's podMetadata (kubeflow/pipelines@2.4.1:backend/src/apiserver/template/v2_template.go,
+# SetPodMetadataLabels(util.LabelKeyWorkflowRunId, options.RunId)). It is the id the 2.5+ driver
+# gives {{$.pipeline_job_uuid}} (opts.RunID, from --run_id {{workflow.uid}}, which the same
+# function's ReplaceUID turns into options.RunId).
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
+
+
+def run_id_argument(backend: Backend) -> str:
+    """What a step's `run_id` input gets: the run's unique id placeholder, whole, where the backend
+    substitutes it (2.5+); else "" (the step reads RUN_ID_ENV, see set_run_id_env)."""
+    from kfp import dsl
+
+    return dsl.PIPELINE_JOB_ID_PLACEHOLDER if backend.has("run_placeholders") else ""
+
+
+def set_run_id_env(task: Any, backend: Backend) -> Any:
+    """Below 2.5, give `task`'s pod RUN_ID_ENV from its pipeline/runid label (the downward API);
+    gbcosface.steps.runs.check_run_id reads it when the run_id input is empty."""
+    if not backend.has("run_placeholders"):
+        from kfp import kubernetes
+
+        kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD)
+    return task
+
+
+def without_parameters(func: Any, names: tuple[str, ...]) -> Any:
+    """`func` (a pipeline function, before @dsl.pipeline) with the parameters `names` removed from
+    the signature KFP reads: a run parameter the target backend cannot honour is not offered. Inside,
+    they keep their Python defaults (KFP calls a pipeline function positionally, in signature order)."""
+    sig = inspect.signature(func)
+    kept = [p for p in sig.parameters.values() if p.name not in names]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any) -> Any:
+        return func(**dict(zip((p.name for p in kept), args, strict=True)))
+
+    wrapper.__signature__ = sig.replace(parameters=kept)  # type: ignore[attr-defined]
+    return wrapper
 
 
 def compile_pipeline(pipeline_func: Any, path: str | Path, backend: str | Backend | None = None) -> Path:
