@@ -241,3 +241,27 @@ def test_compile_pipeline_leaves_nothing_behind_when_a_rule_is_broken(tmp_path):
         pipeline_backends.compile_pipeline(uuid_on_old, out, "2.4")
     assert list(tmp_path.iterdir()) == []
     assert pipeline_backends.compile_pipeline(uuid_on_old, out, "2.5") == out and out.is_file()
+
+
+def test_the_reusable_helpers_build_any_dag_for_a_backend(tmp_path):
+    """What a second DAG (e.g. a sweep) uses: the run id per backend, and run parameters left out."""
+
+    def build(version: str):
+        backend = get_backend(version)
+
+        def sweep(tag: str, extra: str = "x"):
+            task = _echo(text=pipeline_backends.run_id_argument(backend))
+            pipeline_backends.set_run_id_env(task, backend)
+            _echo(text=extra)
+
+        func = sweep if backend.has("param_secret_names") else pipeline_backends.without_parameters(sweep, ("extra",))
+        return dsl.pipeline(name="sweep")(func)
+
+    old = _docs(pipeline_backends.compile_pipeline(build("2.4"), tmp_path / "old.yaml", "2.4"))
+    new = yaml.safe_load(pipeline_backends.compile_pipeline(build("2.17"), tmp_path / "new.yaml", "2.17").read_text())
+    assert set(old[0]["root"]["inputDefinitions"]["parameters"]) == {"tag"}
+    assert set(new["root"]["inputDefinitions"]["parameters"]) == {"tag", "extra"}
+    assert _executors(old[1])["exec-echo"]["fieldPathAsEnv"][0]["name"] == RUN_ID_ENV
+    tasks = new["root"]["dag"]["tasks"]
+    assert tasks["echo"]["inputs"]["parameters"]["text"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert tasks["echo-2"]["inputs"]["parameters"]["text"]["componentInputParameter"] == "extra"
