@@ -265,3 +265,19 @@ def test_the_reusable_helpers_build_any_dag_for_a_backend(tmp_path):
     tasks = new["root"]["dag"]["tasks"]
     assert tasks["echo"]["inputs"]["parameters"]["text"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert tasks["echo-2"]["inputs"]["parameters"]["text"]["componentInputParameter"] == "extra"
+
+
+def test_the_docs_carry_the_matrix_and_every_run_parameter(compiled):
+    text = (ROOT / "docs" / "pipeline.md").read_text()
+    section = text.split("## Supported backends", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip().split(" ")[0] for line in section.splitlines() if line.startswith("| ")}
+    assert set(SUPPORTED) <= rows, rows
+    for rule in RULES:  # every version-bound rule's minimum is in the matrix or the note under it
+        if rule.max_version[0] < 99:
+            minimum = f"{rule.max_version[0]}.{rule.max_version[1] + 1}"
+            assert minimum in section, (rule.name, minimum)
+    params = text.split("## Run parameters", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(\w+)`", "\n".join(line.split("|")[1] for line in params.splitlines()
+                                                      if line.startswith("| "))))
+    ir, _ = compiled[SUPPORTED[-1]]
+    assert set(ir["root"]["inputDefinitions"]["parameters"]) <= documented
