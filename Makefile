@@ -6,7 +6,7 @@ MXVENV ?= .venv-mxnet
 , := ,
 STAMP := $(VENV)/.installed
 
-.PHONY: venv mxnet-venv prometheus test test-fast lint demo compile print-image bench container-tools build-images image-test clean
+.PHONY: venv mxnet-venv prometheus test test-fast lint demo compile print-image print-kfp-backend bench container-tools build-images image-test clean
 
 venv: $(STAMP)
 
@@ -51,10 +51,17 @@ IMAGE_PULL_SECRETS ?=
 print-image:
 	@echo $(IMAGE)
 
+# The KFP backend version the IR is for (gbcosface.pipeline_backends.SUPPORTED): the oldest supported by
+# default, so that the default IR runs on every supported backend; KFP_BACKEND=2.17 for every feature.
+KFP_BACKEND ?= 2.4
+
+print-kfp-backend:
+	@echo $(KFP_BACKEND)
+
 # The KFP IR YAML of the DAG (pipelines/train_eval.py), for upload to a Kubeflow Pipelines UI.
 compile: venv
 	$(PY) -m gbcosface pipeline compile -o build/gbcosface_train_eval.yaml --image $(IMAGE) \
-	  $(foreach s,$(subst $(comma), ,$(IMAGE_PULL_SECRETS)),--image-pull-secret $(s))
+	  --kfp-backend $(KFP_BACKEND) $(foreach s,$(subst $(comma), ,$(IMAGE_PULL_SECRETS)),--image-pull-secret $(s))
 comma := ,
 
 # The whole pipeline on this machine: local S3 server, synthetic faces, 2-replica emulated

@@ -14,7 +14,14 @@ compiled IR by gbcosface.pipeline_rules):
   joins it into a path here; the steps build the run prefix and job names from it;
 - the run's display name (`{{$.pipeline_job_name}}`) is not unique and names nothing;
 - everything a cluster differs in (namespace, resources, tolerations, secrets, volumes, images)
-  is a run-time parameter, with `cluster_profile` (YAML) for the job's pod settings.
+  is a run-time parameter where the target backend can resolve it, with `cluster_profile` (YAML)
+  for the job's pod settings.
+
+The DAG is built for one KFP backend version (`CompileOptions.backend`, gbcosface.pipeline_backends):
+a feature is emitted only when that backend honours it. Below 2.5 the run id comes from the pod's
+`pipeline/runid` label (the driver substitutes no placeholder there), and the steps' S3 Secret,
+pull secret and GPU toleration are fixed at compile time; below 2.15 the Secret's keys are required;
+below 2.17 the run has no TTL (docs/pipeline.md, "Supported backends").
 """
 
 from dataclasses import dataclass
@@ -32,8 +39,9 @@ from components.gbcosface_components import (
     train_model,
 )
 from gbcosface.images import DEFAULT_IMAGE
+from gbcosface.pipeline_backends import DEFAULT as DEFAULT_BACKEND
+from gbcosface.pipeline_backends import get_backend, run_id_argument, set_run_id_env, without_parameters
 
-RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 DAY = 24 * 3600
 
 
@@ -42,14 +50,22 @@ class CompileOptions:
     """What is fixed when the pipeline is compiled. Everything else is a run parameter."""
 
     image: str = DEFAULT_IMAGE  # default of the pipeline_image and trainer_image parameters
+    # The KFP backend the IR is for (gbcosface.pipeline_backends.SUPPORTED); the oldest by default.
+    backend: str = DEFAULT_BACKEND
     # Tasks take their image from the `pipeline_image` parameter. A real backend resolves it at run
     # time; KFP's local runners cannot (they read the image from the IR as it is), so they compile
     # with False and the static `image`.
     runtime_images: bool = True
     # For the steps' own pods, which must pull the image before any step code runs; for the job's
-    # pods use `image_pull_secrets` in the cluster profile (docs/pipeline.md).
+    # pods use `image_pull_secrets` in the cluster profile (docs/pipeline.md). From backend 2.5 the
+    # first is only the default of the run parameter `image_pull_secret`.
     image_pull_secrets: tuple[str, ...] = ()
+    # The Secret the steps read S3 credentials from: the default of the run parameter `s3_secret`;
+    # below backend 2.5 the steps' own pods always use this name (the job's follows the parameter).
+    s3_secret: str = "gbcosface-s3"
     eval_gpu: bool = True  # run the evaluation step on one GPU
+    # The taint key the evaluation pods tolerate: the default of the run parameter `eval_tolerations`
+    # from backend 2.5, fixed below.
     gpu_toleration_key: str = "nvidia.com/gpu"
     eval_shm: str = "8Gi"  # /dev/shm for the evaluation step's DataLoader workers
     run_ttl_s: int = 7 * DAY  # the finished run's workflow is kept this long (PipelineConfig)
@@ -63,18 +79,23 @@ class CompileOptions:
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
           "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}
+# Keys mapped only where the backend can mark the mapping optional (2.15+): below that a missing key
+# is a CreateContainerConfigError, so the Secret need not hold them (`endpoint_url` covers it).
+S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL",)
+# Run parameters a backend below 2.5 cannot resolve (secret names and tolerations from parameters):
+# the DAG built for it does not offer them, and uses the compile-time values instead.
+RUNTIME_K8S_PARAMS = ("image_pull_secret", "eval_tolerations")
 
 
 def build_pipeline(options: "CompileOptions | None" = None):
     """Return the pipeline function for `options` (the defaults are what `make compile` uses)."""
     opts = options or CompileOptions()
+    backend = get_backend(opts.backend)
+    runtime_k8s = backend.has("param_secret_names") and backend.has("param_tolerations")
+    run_id = run_id_argument(backend)  # the run's unique id, whole; "" below 2.5 (set_run_id_env)
+    gpu_tolerations = [{"key": opts.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"}]
+    pull_secret_default = opts.image_pull_secrets[0] if opts.image_pull_secrets else ""
 
-    @dsl.pipeline(
-        name="gbcosface-train-eval",
-        description="Stage a face dataset from S3, train GB-CosFace in a PyTorchJob or TrainJob, evaluate on "
-                    "IJB, gate, publish.",
-        pipeline_config=dsl.PipelineConfig(ttl_seconds_after_finished=opts.run_ttl_s),
-    )
     def gbcosface_train_eval(
         data_uri: str,
         output_uri: str,
@@ -90,7 +111,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
         trainer_image: str = opts.image,
         namespace: str = "",
         cluster_profile: str = "",
-        s3_secret: str = "gbcosface-s3",
+        s3_secret: str = opts.s3_secret,
         work_dir: str = "/tmp/gbcosface",
         train_timeout_s: int = 7 * DAY,
         ijb_target: str = "IJBC",
@@ -100,27 +121,35 @@ def build_pipeline(options: "CompileOptions | None" = None):
         gate_far: float = 1e-4,
         gate_min_tar: float = 0.9,
         export_onnx: bool = True,
+        image_pull_secret: str = pull_secret_default,
+        eval_tolerations: list = gpu_tolerations,  # noqa: B006 - KFP needs a literal default
     ):
         def step(task: dsl.PipelineTask, display: str, timeout_s: int, s3: bool = True) -> dsl.PipelineTask:
             task.set_caching_options(False).set_display_name(display)
             if opts.runtime_images:
                 task.set_container_image(pipeline_image)
-            if opts.image_pull_secrets:
+            if runtime_k8s:
+                kubernetes.set_image_pull_secrets(task, [image_pull_secret, *opts.image_pull_secrets[1:]])
+            elif opts.image_pull_secrets:
                 kubernetes.set_image_pull_secrets(task, list(opts.image_pull_secrets))
             kubernetes.set_timeout(task, timeout_s)
+            set_run_id_env(task, backend)
             if s3:
-                kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env=S3_ENV, optional=True)
+                optional = backend.has("optional_secret_env")
+                keys = S3_ENV if optional else {k: v for k, v in S3_ENV.items() if k not in S3_OPTIONAL_KEYS}
+                kubernetes.use_secret_as_env(task, secret_name=s3_secret if runtime_k8s else opts.s3_secret,
+                                             secret_key_to_env=keys, optional=optional)
             return task
 
-        cleanup = step(cleanup_job(run_id=RUN_ID, launcher=launcher, job_kind=job_kind, namespace=namespace),
+        cleanup = step(cleanup_job(run_id=run_id, launcher=launcher, job_kind=job_kind, namespace=namespace),
                        "clean up training job", opts.small_timeout_s, s3=False)
         with dsl.ExitHandler(cleanup, name="run-with-cleanup"):
-            staged = step(stage_data(data_uri=data_uri, output_uri=output_uri, run_id=RUN_ID, work_dir=work_dir,
+            staged = step(stage_data(data_uri=data_uri, output_uri=output_uri, run_id=run_id, work_dir=work_dir,
                                      endpoint_url=endpoint_url), "stage dataset", opts.stage_timeout_s)
             staged.set_retry(num_retries=2, backoff_duration="60s")
 
             trained = step(train_model(
-                dataset=staged.outputs["dataset"], recipe=recipe, overrides=overrides, run_id=RUN_ID,
+                dataset=staged.outputs["dataset"], recipe=recipe, overrides=overrides, run_id=run_id,
                 output_uri=output_uri, work_dir=work_dir, endpoint_url=endpoint_url, launcher=launcher,
                 job_kind=job_kind, nnodes=nnodes, nproc_per_node=nproc_per_node, gpus_per_node=gpus_per_node,
                 trainer_image=trainer_image, namespace=namespace, cluster_profile=cluster_profile,
@@ -129,7 +158,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
             evaluated = step(evaluate_model(
                 dataset=staged.outputs["dataset"], model=trained.outputs["model"], target=ijb_target,
                 work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
-                detector_score=detector_score, gate_far=gate_far, output_uri=output_uri, run_id=RUN_ID),
+                detector_score=detector_score, gate_far=gate_far, output_uri=output_uri, run_id=run_id),
                 "evaluate on IJB", opts.eval_timeout_s)
             # Every other IJB target the dataset holds, beside the gate's (IJB-B and IJB-C in parallel).
             others = step(evaluate_other_targets(
@@ -139,8 +168,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
             for task in (evaluated, others):
                 if opts.eval_gpu:
                     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-                    kubernetes.add_toleration(task, key=opts.gpu_toleration_key, operator="Exists",
-                                              effect="NoSchedule")
+                    kubernetes.add_toleration_json(task, eval_tolerations if runtime_k8s else gpu_tolerations)
                 kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
                                            medium="Memory", size_limit=opts.eval_shm)
 
@@ -149,15 +177,23 @@ def build_pipeline(options: "CompileOptions | None" = None):
             with dsl.If(decision.output == "pass", name="gate-passed"):
                 published = step(publish(
                     model=trained.outputs["model"], results=evaluated.outputs["results"],
-                    more_results=others.outputs["results"], dataset=staged.outputs["dataset"], output_uri=output_uri, run_id=RUN_ID,
+                    more_results=others.outputs["results"], dataset=staged.outputs["dataset"], output_uri=output_uri, run_id=run_id,
                     endpoint_url=endpoint_url, export_onnx=export_onnx), "publish to S3", opts.publish_timeout_s)
                 published.set_retry(num_retries=2, backoff_duration="60s")
             with dsl.Else(name="gate-failed"):
                 step(record_rejection(tar=evaluated.outputs["Output"], min_tar=gate_min_tar, far=gate_far,
-                                      output_uri=output_uri, run_id=RUN_ID, endpoint_url=endpoint_url),
+                                      output_uri=output_uri, run_id=run_id, endpoint_url=endpoint_url),
                      "record rejection", opts.small_timeout_s)
 
-    return gbcosface_train_eval
+    if not runtime_k8s:
+        gbcosface_train_eval = without_parameters(gbcosface_train_eval, RUNTIME_K8S_PARAMS)
+    ttl = dsl.PipelineConfig(ttl_seconds_after_finished=opts.run_ttl_s) if backend.has("pipeline_ttl") else None
+    return dsl.pipeline(
+        name="gbcosface-train-eval",
+        description="Stage a face dataset from S3, train GB-CosFace in a PyTorchJob or TrainJob, evaluate on "
+                    "IJB, gate, publish.",
+        pipeline_config=ttl,
+    )(gbcosface_train_eval)
 
 
 gbcosface_train_eval = build_pipeline()

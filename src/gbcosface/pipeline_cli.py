@@ -54,27 +54,22 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def compile_pipeline(out: str | Path, image: str | None = None, image_pull_secrets: tuple[str, ...] = ()) -> Path:
-    """Compile the DAG to IR YAML; `image` is the default of the image parameters (`make compile
+def compile_pipeline(out: str | Path, image: str | None = None, image_pull_secrets: tuple[str, ...] = (),
+                     backend: str | None = None) -> Path:
+    """Compile the DAG for KFP backend `backend` (default: the oldest supported) to IR YAML, checked
+    against that backend's rules; `image` is the default of the image parameters (`make compile
     REGISTRY=.. TAG=..` passes what `make build-images` builds)."""
-    from kfp import compiler
-
-    from gbcosface.pipeline_rules import problems
+    from gbcosface import pipeline_backends
 
     module = load_pipeline_module()
-    options = module.CompileOptions(image_pull_secrets=tuple(image_pull_secrets))
+    target = pipeline_backends.get_backend(backend)
+    options = module.CompileOptions(image_pull_secrets=tuple(image_pull_secrets), backend=target.name)
     if image:
         options.image = image
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.yaml")
-    compiler.Compiler().compile(module.build_pipeline(options), package_path=str(tmp))
-    found = problems(next(yaml.safe_load_all(tmp.read_text())))
-    if found:
-        tmp.unlink()
-        raise SystemExit("the compiled pipeline breaks rules of a real KFP backend:\n  " + "\n  ".join(found))
-    os.replace(tmp, out)
-    return out
+    try:
+        return pipeline_backends.compile_pipeline(module.build_pipeline(options), out, target)
+    except pipeline_backends.BackendError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def step_images(pipeline: Any) -> set[str]:
@@ -99,8 +94,12 @@ def run_local(params: dict[str, Any], pipeline_root: str | Path, runner: str = "
 
     if runner not in ("subprocess", "docker"):
         raise ValueError(f"runner must be 'subprocess' or 'docker', not {runner!r}")
+    from gbcosface.pipeline_backends import NEWEST
+
     module = load_pipeline_module()
-    options = module.CompileOptions(runtime_images=False)
+    # The local runner substitutes run placeholders anywhere and drops Kubernetes settings, so it
+    # runs the DAG as built for the newest backend.
+    options = module.CompileOptions(runtime_images=False, backend=NEWEST)
     if image:
         options.image = image
     pipeline = module.build_pipeline(options)
@@ -133,15 +132,19 @@ def local_run_id(run_dir: str | Path) -> str:
 
 
 def submit(host: str, params: dict[str, Any], experiment: str, run_name: str | None,
-           namespace: str | None, image: str | None = None, image_pull_secrets: tuple[str, ...] = ()) -> str:
-    """Compile (with the backend rules checked) and submit one run; `namespace` is the user's
-    profile namespace in multi-user Kubeflow."""
+           namespace: str | None, image: str | None = None, image_pull_secrets: tuple[str, ...] = (),
+           backend: str | None = None) -> str:
+    """Compile for KFP backend `backend` (checked against its rules) and submit one run; `namespace`
+    is the user's profile namespace in multi-user Kubeflow. A run parameter the DAG built for that
+    backend does not offer (e.g. `image_pull_secret` below 2.5) is refused before anything is sent."""
     import tempfile
 
     import kfp
 
     with tempfile.TemporaryDirectory(prefix="gbcosface-submit-") as tmp:
-        package = compile_pipeline(Path(tmp) / "pipeline.yaml", image=image, image_pull_secrets=image_pull_secrets)
+        package = compile_pipeline(Path(tmp) / "pipeline.yaml", image=image, image_pull_secrets=image_pull_secrets,
+                                   backend=backend)
+        check_params(package, params)
         client = kfp.Client(host=host, namespace=namespace)
         run = client.create_run_from_pipeline_package(
             str(package), arguments=params, experiment_name=experiment, run_name=run_name,
@@ -149,8 +152,21 @@ def submit(host: str, params: dict[str, Any], experiment: str, run_name: str | N
     return run.run_id
 
 
+def check_params(package: str | Path, params: dict[str, Any]) -> None:
+    """Refuse run parameters the compiled pipeline does not have (KFP would reject them after upload,
+    or, for a parameter offered only from some backend on, the user would expect it to take effect)."""
+    ir = next(yaml.safe_load_all(Path(package).read_text()))
+    known = set(ir.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise SystemExit(f"{package}: no run parameter {', '.join(unknown)} in the pipeline compiled for this "
+                         f"KFP backend (parameters: {', '.join(sorted(known))}; docs/pipeline.md, "
+                         "'Supported backends')")
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
-    print(compile_pipeline(args.output, image=args.image, image_pull_secrets=tuple(args.image_pull_secret)))
+    print(compile_pipeline(args.output, image=args.image, image_pull_secrets=tuple(args.image_pull_secret),
+                           backend=args.kfp_backend))
     return 0
 
 
@@ -164,9 +180,23 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     run_id = submit(args.host, parse_params(args.param), args.experiment, args.run_name, args.namespace,
-                    image=args.image, image_pull_secrets=tuple(args.image_pull_secret))
+                    image=args.image, image_pull_secrets=tuple(args.image_pull_secret), backend=args.kfp_backend)
     print(json.dumps({"run_id": run_id, "host": args.host}))
     return 0
+
+
+def _add_backend_flag(parser: argparse.ArgumentParser) -> None:
+    from gbcosface.pipeline_backends import DEFAULT, SUPPORTED, BackendError, get_backend
+
+    def version(text: str) -> str:
+        try:
+            return get_backend(text).name
+        except BackendError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parser.add_argument("--kfp-backend", default=DEFAULT, type=version, metavar="X.Y",
+                        help=f"the KFP backend version the IR is for ({', '.join(SUPPORTED)}; default {DEFAULT}, "
+                             "the oldest: features a newer backend needs are left out; docs/pipeline.md)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -179,7 +209,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the image the steps and training pods run (default: gbcosface.images.DEFAULT_IMAGE; "
                         "`make compile REGISTRY=.. TAG=..` passes what `make build-images` builds)")
     c.add_argument("--image-pull-secret", action="append", default=[], metavar="NAME",
-                   help="a Secret the steps' pods pull the image with (repeatable)")
+                   help="a Secret the steps' pods pull the image with (repeatable; from backend 2.5 the "
+                        "first is the default of the run parameter image_pull_secret)")
+    _add_backend_flag(c)
     c.set_defaults(func=_cmd_compile)
 
     r = verbs.add_parser("run-local", help="run the DAG with KFP's local runner (launcher=local)")
@@ -195,5 +227,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--namespace", default=None, help="your profile namespace (multi-user Kubeflow)")
     s.add_argument("--image", default=None, help="as for `compile`")
     s.add_argument("--image-pull-secret", action="append", default=[], metavar="NAME")
+    _add_backend_flag(s)
     s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     s.set_defaults(func=_cmd_submit)

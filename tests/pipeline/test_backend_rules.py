@@ -4,6 +4,8 @@ Why a rule check and not a run: no KFP backend can run here, and the local runne
 placeholders anywhere, so a local run cannot see the bug these rules catch. The rules are taken
 from the backend driver's source (resolve.go: whole-value substitution); the checker is shown to
 catch the exact construct the pipeline once used (an f-string run prefix with the display name).
+These placeholder rules are checked on 2.17 (a backend that substitutes run placeholders at all);
+the per-version rules are in test_backend_matrix.py.
 """
 
 # (No `from __future__ import annotations`: KFP reads the component annotations as real types.)
@@ -12,7 +14,13 @@ import yaml
 from kfp import compiler, dsl
 
 from gbcosface.pipeline_cli import compile_pipeline
-from gbcosface.pipeline_rules import problems
+from gbcosface.pipeline_rules import problems as all_problems
+
+NEWEST = "2.17"
+
+
+def problems(ir):
+    return all_problems(ir, backend=NEWEST)
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -27,8 +35,8 @@ def _ir(pipeline, tmp_path) -> dict:
 
 
 def test_the_shipped_pipeline_follows_the_backend_rules(tmp_path):
-    ir = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
-    assert problems(ir) == []
+    ir, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", backend=NEWEST).read_text())
+    assert all_problems(ir, backend=NEWEST, platform=platform) == []
 
 
 def test_an_embedded_run_placeholder_is_caught(tmp_path):

@@ -17,7 +17,8 @@ def _docs(path):
 
 
 def test_pipeline_compiles_and_loads_back(tmp_path):
-    out = compile_pipeline(tmp_path / "p.yaml")
+    """Built for the newest backend (every feature); the per-version IR is in test_backend_matrix.py."""
+    out = compile_pipeline(tmp_path / "p.yaml", backend="2.17")
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "gbcosface-train-eval"
     inputs = set(loaded.component_spec.inputs)
@@ -63,7 +64,7 @@ def test_pipeline_compiles_and_loads_back(tmp_path):
 
 def test_compile_takes_the_image_and_pull_secrets(tmp_path):
     out = compile_pipeline(tmp_path / "p.yaml", image="registry.example/team/gbcosface:9.9",
-                           image_pull_secrets=("regcred",))
+                           image_pull_secrets=("regcred",))  # the default backend: the oldest, 2.4
     ir, platform = _docs(out)
     assert ir["root"]["inputDefinitions"]["parameters"]["pipeline_image"]["defaultValue"] == \
         "registry.example/team/gbcosface:9.9"

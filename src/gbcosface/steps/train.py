@@ -27,6 +27,7 @@ import yaml
 
 from gbcosface.config import TrainConfig, config_hash, load_config, to_yaml
 from gbcosface.lineage import Lineage, code_version
+from gbcosface.steps.runs import check_run_id
 from gbcosface.steps.runs import run_uri as make_run_uri
 from gbcosface.steps.stage import data_cache_dir
 from gbcosface.storage import get_bytes, join_uri, put_bytes, read_manifest
@@ -72,6 +73,7 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
 
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, not {launcher!r}")
+    run_id = check_run_id(run_id)  # on KFP 2.4 it arrives empty and comes from the pod's label
     if job_kind not in JOB_KINDS:
         raise ValueError(f"job_kind must be one of {JOB_KINDS}, not {job_kind!r}")
     profile = parse_cluster_profile(cluster_profile)  # before any work: a typo fails the step at once
@@ -193,7 +195,7 @@ def cleanup_job(*, run_id: str, launcher: str, job_kind: str = "pytorchjob", nam
     cancelled or failed and left it running); a finished job stays for inspection until its TTL."""
     from gbcosface.launch.names import job_name_for_run
 
-    name = job_name_for_run(run_id)
+    name = job_name_for_run(check_run_id(run_id))
     if _is_local(launcher):
         # The emulator stops its processes itself, on success, failure and cancellation.
         return f"{launcher} launcher: nothing left to delete for {name}"
