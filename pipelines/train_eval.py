@@ -31,6 +31,7 @@ from components.gbcosface_components import (
     stage_data,
     train_model,
 )
+from gbcosface import s3_env
 from gbcosface.images import DEFAULT_IMAGE
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -61,8 +62,9 @@ class CompileOptions:
     publish_timeout_s: int = 6 * 3600
 
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-          "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}
+# The S3 Secret's keys as env vars of the same project-owned names, never AWS_*: the step's container
+# is shared with KFP's launcher, whose artifact client reads AWS_* (gbcosface.s3_env cites the backend).
+S3_ENV = {key: key for key in s3_env.SECRET_KEYS}
 
 
 def build_pipeline(options: "CompileOptions | None" = None):
