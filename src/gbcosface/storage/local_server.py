@@ -89,6 +89,17 @@ class LocalS3Server:
         (gbcosface.s3_env), and the local runs must hand steps and replicas what a cluster does."""
         return {**DUMMY_CREDENTIALS, s3_env.ENDPOINT_URL: self.endpoint_url}
 
+    def aws_tool_env(self) -> dict[str, str]:
+        """The same settings under the standard AWS names, for tools that know no others (the aws CLI
+        in bench/). Never for a pipeline step or a replica: there they would steer KFP's launcher."""
+        return {
+            "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS[s3_env.ACCESS_KEY_ID],
+            "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS[s3_env.SECRET_ACCESS_KEY],
+            "AWS_DEFAULT_REGION": DUMMY_CREDENTIALS[s3_env.REGION],
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
     @property
     def log_path(self) -> Path | None:
         return self._log_path
