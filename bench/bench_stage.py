@@ -111,7 +111,7 @@ def main() -> int:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp, LocalS3Server() as server:
         root = Path(tmp)
-        env = {**os.environ, **server.env()}
+        env = {**os.environ, **server.aws_tool_env()}  # for the aws CLI, which knows only AWS_* names
         os.environ.update(server.env())
         server.create_bucket("bench")
         t0 = time.perf_counter()

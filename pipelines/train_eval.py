@@ -38,6 +38,7 @@ from components.gbcosface_components import (
     stage_data,
     train_model,
 )
+from gbcosface import s3_env
 from gbcosface.images import DEFAULT_IMAGE
 from gbcosface.pipeline_backends import DEFAULT as DEFAULT_BACKEND
 from gbcosface.pipeline_backends import get_backend, run_id_argument, set_run_id_env, without_parameters
@@ -77,11 +78,12 @@ class CompileOptions:
     publish_timeout_s: int = 6 * 3600
 
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-          "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}
+# The S3 Secret's keys as env vars of the same project-owned names, never AWS_*: the step's container
+# is shared with KFP's launcher, whose artifact client reads AWS_* (gbcosface.s3_env cites the backend).
+S3_ENV = {key: key for key in s3_env.SECRET_KEYS}
 # Keys mapped only where the backend can mark the mapping optional (2.15+): below that a missing key
 # is a CreateContainerConfigError, so the Secret need not hold them (`endpoint_url` covers it).
-S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL",)
+S3_OPTIONAL_KEYS = (s3_env.ENDPOINT_URL,)
 # Run parameters a backend below 2.5 cannot resolve (secret names and tolerations from parameters):
 # the DAG built for it does not offer them, and uses the compile-time values instead.
 RUNTIME_K8S_PARAMS = ("image_pull_secret", "eval_tolerations")

@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 
+from gbcosface import s3_env
 from gbcosface.data.synthetic.world import WorldSpec, generate_world
 from gbcosface.pipeline_cli import local_run_id, run_local
 from gbcosface.storage import get_bytes, list_uri, read_manifest, upload
@@ -44,6 +45,8 @@ def s3_data(tmp_path_factory):
     generate_world(root / "world", spec, workers=1)
     _add_ijbb_copy(root / "world")
     saved = dict(os.environ)
+    for name in s3_env.LAUNCHER_AWS_ENV:  # the steps reach the store through GBCOSFACE_S3_* alone
+        os.environ.pop(name, None)
     with LocalS3Server(log_path=root / "s3.log") as server:
         os.environ.update(server.env())
         server.create_bucket("e2e")

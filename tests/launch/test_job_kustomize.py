@@ -131,9 +131,12 @@ def test_secret_template_is_valid_and_holds_placeholders_only():
     doc = yaml.safe_load((REPO / "k8s/base/s3-secret.template.yaml").read_text())
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(doc, version, strict=True)
-    assert set(doc["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
-    assert doc["stringData"]["AWS_ACCESS_KEY_ID"] == doc["stringData"]["AWS_SECRET_ACCESS_KEY"] == "REPLACE_ME"
-    assert doc["stringData"]["AWS_ENDPOINT_URL"].endswith(".invalid")
+    # The project's own names (gbcosface.s3_env), never AWS_*, which KFP's launcher would read in a step.
+    assert set(doc["stringData"]) == {"GBCOSFACE_S3_ACCESS_KEY_ID", "GBCOSFACE_S3_SECRET_ACCESS_KEY",
+                                      "GBCOSFACE_S3_ENDPOINT_URL"}
+    data = doc["stringData"]
+    assert data["GBCOSFACE_S3_ACCESS_KEY_ID"] == data["GBCOSFACE_S3_SECRET_ACCESS_KEY"] == "REPLACE_ME"
+    assert data["GBCOSFACE_S3_ENDPOINT_URL"].endswith(".invalid")
     assert all(d["kind"] != "Secret" for t in TREES for d in build(t))  # never applied with the kustomization
 
 

@@ -108,7 +108,7 @@ def test_gpu_2x8_job_shape():
         assert metrics == [("metrics", 9400)] + [(f"metrics-{i}", 9400 + i) for i in range(1, 8)]
         env = {e["name"]: e for e in c["env"]}
         assert env["NCCL_SOCKET_IFNAME"]["value"] == "eth0" and env["GLOO_SOCKET_IFNAME"]["value"] == "eth0"
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        for key in ("GBCOSFACE_S3_ACCESS_KEY_ID", "GBCOSFACE_S3_SECRET_ACCESS_KEY", "GBCOSFACE_S3_ENDPOINT_URL"):
             ref = env[key]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": "gbcosface-s3", "key": key, "optional": True}
         pod = _template(job, rtype)["spec"]

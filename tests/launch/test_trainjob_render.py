@@ -74,8 +74,8 @@ def test_gpu_2x8_trainjob_shape():
     env = {e["name"]: e for e in trainer["env"]}
     assert not set(env) & set(trainjob_env.RESERVED_ENV_NAMES)
     assert env["NCCL_SOCKET_IFNAME"]["value"] == "eth0" and env["GBCOSFACE_JOB_NAME"]["value"] == "gbc-2x8"
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "gbcosface-s3", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}
+    assert env["GBCOSFACE_S3_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "gbcosface-s3", "key": "GBCOSFACE_S3_SECRET_ACCESS_KEY", "optional": True}
     assert spec["activeDeadlineSeconds"] == 86400 * 7 and "suspend" not in spec
     assert job["metadata"]["annotations"]["gbcosface/config-hash"] == config_hash(cfg)
     assert job["metadata"]["labels"]["gbcosface/run-id"] == "0f8e4c1e-5b1a-4c39-9d6f-3e8a1c0b2d7e"

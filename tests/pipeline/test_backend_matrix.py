@@ -64,9 +64,9 @@ def test_every_supported_backend_gets_ir_that_follows_its_rules(compiled, versio
         secret = executors[name]["secretAsEnv"][0]
         keys = {k["secretKey"] for k in secret["keyToEnv"]}
         if backend.has("optional_secret_env"):
-            assert secret["optional"] is True and "AWS_ENDPOINT_URL" in keys
+            assert secret["optional"] is True and "GBCOSFACE_S3_ENDPOINT_URL" in keys
         else:  # every mapped key is required: only the two credentials, never the endpoint
-            assert not secret.get("optional") and keys == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+            assert not secret.get("optional") and keys == {"GBCOSFACE_S3_ACCESS_KEY_ID", "GBCOSFACE_S3_SECRET_ACCESS_KEY"}
         if backend.has("param_secret_names"):
             assert secret["secretNameParameter"] == {"componentInputParameter": "pipelinechannel--s3_secret"}
         else:

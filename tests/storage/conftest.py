@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 from s3_fault_proxy import FaultProxy
 
+from gbcosface import s3_env as s3_names
 from gbcosface.storage.client import clear_client_cache
 from gbcosface.storage.local_server import LocalS3Server
 
-# Variables that could point boto3 elsewhere; every S3 test runs with these removed.
+# Variables that could point boto3 elsewhere; every S3 test runs with these removed, so the local
+# server is reached through its GBCOSFACE_S3_* names alone (what a cluster's S3 Secret gives a step).
 _FOREIGN_ENV = (
+    *s3_names.ALL,
+    *s3_names.LAUNCHER_AWS_ENV,
     "AWS_PROFILE",
     "AWS_SESSION_TOKEN",
     "AWS_ENDPOINT_URL_S3",
@@ -53,6 +57,7 @@ def s3_env(s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role lookups from a test machine
     clear_client_cache()
     return s3_server
 

@@ -80,6 +80,8 @@ def test_endpoint_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client_mod.resolve_endpoint() == "http://127.0.0.1:8"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:7")
     assert client_mod.resolve_endpoint() == "http://127.0.0.1:7"
+    monkeypatch.setenv("GBCOSFACE_S3_ENDPOINT_URL", "http://127.0.0.1:6")  # the project's own name wins
+    assert client_mod.resolve_endpoint() == "http://127.0.0.1:6"
     assert client_mod.resolve_endpoint("https://s3.example.internal") == "https://s3.example.internal"
     with pytest.raises(StorageError, match="must start with http"):
         client_mod.resolve_endpoint("127.0.0.1:9000")

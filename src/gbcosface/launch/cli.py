@@ -55,7 +55,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="NCCL settings (default NCCL_DEBUG=WARN)")
     p.add_argument("--nccl-socket-ifname", help="network interface for NCCL/gloo bootstrap, e.g. eth0")
     p.add_argument("--env", type=_kv, action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL")
+    p.add_argument("--s3-secret", help="Secret with GBCOSFACE_S3_ACCESS_KEY_ID, GBCOSFACE_S3_SECRET_ACCESS_KEY, "
+                   "GBCOSFACE_S3_ENDPOINT_URL")
     p.add_argument("--service-account")
     p.add_argument("--data-pvc", help="PersistentVolumeClaim with the training data (mounted read-only)")
     p.add_argument("--data-mount-path", default="/data")

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from gbcosface import s3_env
+
 from . import contract
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,9 @@ SESSION_ENV = "GBCOSFACE_CONTAINER_SESSION"
 #: /dev/shm for a replica whose job has no `dshm` volume (the container default, 64 MiB, is too small
 #: for DataLoader workers).
 DEFAULT_SHM = "1Gi"
-#: Variables a cluster pod gets from the job's S3 Secret, passed from the caller's environment.
-SECRET_ENV_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                    "AWS_REGION", "AWS_EC2_METADATA_DISABLED")
+#: Variables a cluster pod gets from the job's S3 Secret (or its profile's env), passed from the
+#: caller's environment: the project's own names only, never AWS_* (gbcosface.s3_env).
+SECRET_ENV_NAMES = s3_env.ALL
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 

@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 
+from gbcosface import s3_env
+
 from . import contract
 from .names import check_job_name, label_value
 
@@ -30,7 +32,8 @@ BASE_LABELS = {
     "app.kubernetes.io/component": "training",
     "app.kubernetes.io/managed-by": "gbcosface",
 }
-S3_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+#: The S3 Secret's keys, each set as the env var of the same name (GBCOSFACE_S3_*, never AWS_*: gbcosface.s3_env).
+S3_ENV_KEYS = s3_env.SECRET_KEYS
 CLEAN_POD_POLICIES = ("None", "Running", "All")
 #: Long enough for the trainer's SIGTERM -> checkpoint -> exit on a big model over S3.
 DEFAULT_TERMINATION_GRACE_S = 300
@@ -66,7 +69,7 @@ class JobSpec:
     nccl_env: dict[str, str] = field(default_factory=lambda: {"NCCL_DEBUG": "WARN"})
     nccl_socket_ifname: str | None = None  # e.g. "eth0"; also sets GLOO_SOCKET_IFNAME
     env: dict[str, str] = field(default_factory=dict)
-    s3_secret_name: str | None = None  # Secret with AWS_ACCESS_KEY_ID / _SECRET_ACCESS_KEY / _ENDPOINT_URL
+    s3_secret_name: str | None = None  # Secret with GBCOSFACE_S3_ACCESS_KEY_ID / _SECRET_ACCESS_KEY / _ENDPOINT_URL
     service_account: str | None = None
     data_volume_claim: str | None = None  # a PVC with the training data, mounted read-only
     data_mount_path: str = "/data"

@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--expect-manifest", help="stage exactly the files of this manifest, verifying each sha256"
     )
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL / $S3_ENDPOINT_URL / AWS)")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: $GBCOSFACE_S3_ENDPOINT_URL / $AWS_ENDPOINT_URL / AWS)")
     p.add_argument("--workers", type=_positive_int, default=8, help="files fetched at once (default 8)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.set_defaults(func=_stage)
@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--src", required=True, help="local file or directory")
     p.add_argument("--dest", required=True, help="s3://bucket/prefix (or a local path)")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL / $S3_ENDPOINT_URL / AWS)")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: $GBCOSFACE_S3_ENDPOINT_URL / $AWS_ENDPOINT_URL / AWS)")
     p.add_argument("--workers", type=_positive_int, default=8, help="files uploaded at once (default 8)")
     p.add_argument("--manifest", help="write the manifest of the uploaded files here (JSON)")
     p.add_argument("--marker", help="write this marker object (holding the manifest) after all files")

@@ -24,14 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gbcosface import s3_env
 from gbcosface.storage.errors import StorageError
 
 LOOPBACK = "127.0.0.1"
-# Dummy credentials: moto accepts any; real stores never see these.
+# Dummy credentials: moto accepts any; real stores never see these. Under the project's own names
+# only (gbcosface.s3_env): what the demo hands its steps and replicas is what a cluster's Secret gives.
 DUMMY_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
+    s3_env.ACCESS_KEY_ID: "testing",
+    s3_env.SECRET_ACCESS_KEY: "testing",
+    s3_env.REGION: "us-east-1",
 }
 
 
@@ -81,9 +83,19 @@ class LocalS3Server:
         return f"http://{self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
-        """Environment variables that point boto3 (and `aws`) at this server with dummy credentials."""
+        """Environment variables that point gbcosface's S3 client at this server with dummy credentials.
+
+        Only GBCOSFACE_S3_* names, never AWS_*: in a KFP step those would also steer KFP's launcher
+        (gbcosface.s3_env), and the local runs must hand steps and replicas what a cluster does."""
+        return {**DUMMY_CREDENTIALS, s3_env.ENDPOINT_URL: self.endpoint_url}
+
+    def aws_tool_env(self) -> dict[str, str]:
+        """The same settings under the standard AWS names, for tools that know no others (the aws CLI
+        in bench/). Never for a pipeline step or a replica: there they would steer KFP's launcher."""
         return {
-            **DUMMY_CREDENTIALS,
+            "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS[s3_env.ACCESS_KEY_ID],
+            "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS[s3_env.SECRET_ACCESS_KEY],
+            "AWS_DEFAULT_REGION": DUMMY_CREDENTIALS[s3_env.REGION],
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
@@ -181,9 +193,9 @@ class LocalS3Server:
         from botocore.config import Config
 
         return boto3.session.Session(
-            aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            region_name=DUMMY_CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=DUMMY_CREDENTIALS[s3_env.ACCESS_KEY_ID],
+            aws_secret_access_key=DUMMY_CREDENTIALS[s3_env.SECRET_ACCESS_KEY],
+            region_name=DUMMY_CREDENTIALS[s3_env.REGION],
         ).client(
             "s3", endpoint_url=self.endpoint_url, config=Config(s3={"addressing_style": "path"}, **config)
         )
