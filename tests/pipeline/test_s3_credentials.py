@@ -8,24 +8,30 @@ Mapped to those names, the dataset's Secret would take over the upload of the ru
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from gbcosface import s3_env
+from gbcosface.pipeline_backends import SUPPORTED, get_backend
 from gbcosface.pipeline_cli import compile_pipeline
 
 PROJECT_KEYS = {"GBCOSFACE_S3_ACCESS_KEY_ID", "GBCOSFACE_S3_SECRET_ACCESS_KEY", "GBCOSFACE_S3_ENDPOINT_URL"}
 
 
-def test_steps_get_the_s3_secret_under_project_names_and_no_aws_names(tmp_path):
-    ir, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
+@pytest.mark.parametrize("backend", SUPPORTED)
+def test_steps_get_the_s3_secret_under_project_names_and_no_aws_names(tmp_path, backend):
+    ir, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", backend=backend).read_text())
+    # Below 2.15 `optional` does not exist (pipeline_backends): only the key pair, required.
+    optional = get_backend(backend).has("optional_secret_env")
+    expected = PROJECT_KEYS if optional else PROJECT_KEYS - {s3_env.ENDPOINT_URL}
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     with_secret = set()
     for name, executor in executors.items():
         for secret in executor.get("secretAsEnv", []):
             pairs = {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]}
-            assert {env for _, env in pairs} == PROJECT_KEYS == set(s3_env.SECRET_KEYS), name
+            assert {env for _, env in pairs} == expected <= set(s3_env.SECRET_KEYS), name
             assert all(key == env for key, env in pairs), name  # the Secret's keys are the env names
-            assert secret.get("optional") is True, name  # IRSA clusters leave the keys out
+            assert bool(secret.get("optional")) is optional, name  # IRSA clusters leave the keys out (2.15+)
             with_secret.add(name)
     # The S3-using steps have the Secret; cleanup (Kubernetes API only) does not.
     assert {"exec-stage-data", "exec-train-model", "exec-evaluate-model", "exec-publish"} <= with_secret
