@@ -36,7 +36,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training config YAML (or a recipe name: paper, demo)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, resolved into the ConfigMap")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--name", help="job name (DNS-1035, <= 48 characters)")
+    who.add_argument("--name", help="job name (DNS-1035; <= 46 characters fits any node count up to 999)")
     who.add_argument("--run-id", help="derive a run-scoped job name from a pipeline run id")
     p.add_argument("--namespace", default="", help="default: the pod's namespace, the kubeconfig context's, or default")
     p.add_argument("--image", required=True, help="trainer image (pin it by digest)")
