@@ -30,6 +30,7 @@ GROUP_RANK, ...) are removed from the inherited environment, since a pod would n
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -80,7 +81,7 @@ class LocalJobResult:
     attempts: list[Attempt] = field(default_factory=list)
     log_dir: Path = Path()
     replica_names: list[str] = field(default_factory=list)
-    #: Per replica, the container restarts a pod would show (restartCount), in node-rank order.
+    #: Per replica, in node-rank order, how often it was restarted (a PyTorchJob pod's restartCount).
     restart_counts: list[int] = field(default_factory=list)
     #: Why the job failed for good: "BackoffLimitExceeded", "ReachedMaxRestarts" or "DeadlineExceeded".
     failure: str | None = None
@@ -301,8 +302,8 @@ def run_local_job(
     attempt fails and the restarts are used up, or when `timeout_s` (the job's
     activeDeadlineSeconds) passes. Restarts: `max_restarts` whole-set restarts (JobSet's count), or
     with `backoff_limit` a PyTorchJob's runPolicy.backoffLimit counted as the operator does
-    (`RestartCounter`; `max_restarts` is then ignored). `command` replaces the trainer command (a leading `torchrun` or
-    `python` maps to this interpreter); without it `config` is required. `echo`: True copies the
+    (`RestartCounter`; `max_restarts` is then ignored).
+    `command` replaces the trainer command (a leading `torchrun` or `python` maps to this interpreter); without it `config` is required. `echo`: True copies the
     replicas' output to `sys.stdout` (as it is at call time), a stream copies it there, False not.
     `kind`: whose environment and replica names ("pytorchjob" or "trainjob").
     `runtime` starts each replica (default: a process of this venv; `containers.ContainerRuntime`:
@@ -332,9 +333,7 @@ def run_local_job(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
     with sigterm_raises():
-        attempt = -1
-        while True:
-            attempt += 1
+        for attempt in itertools.count():
             port = free_port()
             log.info("local job %s: attempt %d, %d replica(s) x %d, master 127.0.0.1:%d, logs in %s",
                      job_name, attempt, replicas, nproc_per_node, port, out_dir)
@@ -362,7 +361,6 @@ def run_local_job(
                 result.succeeded = True
                 break
             result.failure = "DeadlineExceeded" if reason == "DeadlineExceeded" else counter.failed(codes)
-            result.restart_counts = list(counter.counts)
             if result.failure:
                 log.info("local job %s failed: %s (restart counts %s)", job_name, result.failure, counter.counts)
                 break

@@ -165,7 +165,9 @@ def _refused(spec: JobSpec) -> list[str]:
 
 
 def job_labels(spec: JobSpec) -> dict[str, str]:
-    """The job's labels: ours, and Kueue's queue label unless the queue is Volcano's."""
+    """The job's labels: ours, and Kueue's queue label unless the queue is Volcano's. Kueue's webhook
+    suspends a job that carries the label until the queue admits it (kubernetes-sigs/kueue:
+    pkg/controller/jobframework/defaults.go ApplyDefaultForSuspend), so the job needs no runPolicy.suspend."""
     labels = common.labels(spec)
     if spec.queue and spec.gang_scheduler != "volcano":
         labels[KUEUE_QUEUE_LABEL] = spec.queue
