@@ -124,7 +124,8 @@ def operator_past_backoff_limit(restart_counts: Sequence[int], running: Sequence
 def jobset_past_max_restarts(restarts: int, max_restarts: int) -> bool:
     """JobSet's rule for a failed child Job under its default action RestartJobSet
     (kubernetes-sigs/jobset@v0.12.0:pkg/controllers/failure_policy.go restartJobSetActionApplier):
-    fail when the restarts so far (status.restartsCountTowardsMax) reach failurePolicy.maxRestarts."""
+    fail when the restarts so far (status.restartsCountTowardsMax) reach failurePolicy.maxRestarts
+    (likewise v0.11.1, Trainer v2.2.x's; neither Trainer version sets failurePolicy or backoffLimit itself)."""
     return restarts >= max_restarts
 
 

@@ -14,7 +14,8 @@ and those must be DNS-1035 labels (at most 63 characters) at every node count up
   job is accepted by the webhook (it only checks the job name) and then cannot create its Services.
 - TrainJob (kubernetes-sigs/jobset@v0.12.0:pkg/webhooks/jobset_webhook.go ValidateCreate with
   pkg/util/placement/placement.go GenPodName): the JobSet (named as the TrainJob) is rejected unless
-  `<job>-node-0-<numNodes-1>-abcde` (5 characters for the pod's random suffix) is a DNS-1035 label.
+  `<job>-node-0-<numNodes-1>-abcde` (5 characters for the pod's random suffix) is a DNS-1035 label
+  (the same rule in JobSet v0.11.1, which Trainer v2.2.x ships).
 
 At 999 nodes the TrainJob rule leaves 63 - len("-node-0-998-abcde") = 46 characters, the
 PyTorchJob rule 63 - len("-worker-997") = 52; `job_name_for_run` keeps to the smaller.
