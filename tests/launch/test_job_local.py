@@ -1,5 +1,6 @@
 """The local PyTorchJob emulator: each replica's environment is the operator's contract, a failed
-attempt restarts the whole set, and restarts stop at max_restarts. Real processes, tiny scripts."""
+attempt restarts the whole set, and restarts stop at max_restarts (tests/launch/test_job_restarts.py:
+at a PyTorchJob's backoffLimit, counted as the operator does). Real processes, tiny scripts."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def test_each_replica_gets_exactly_the_operator_environment(tmp_path):
     for rank, env in enumerate(envs):
         operator = {k: env[k] for k in contract.OPERATOR_ENV_NAMES}
         assert operator == {
-            "PYTHONUNBUFFERED": "0",
+            "PYTHONUNBUFFERED": "1",
             "MASTER_ADDR": "127.0.0.1", "PET_MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": port, "PET_MASTER_PORT": port,
             "WORLD_SIZE": "6", "RANK": str(rank), "PET_NODE_RANK": str(rank),
@@ -163,7 +164,9 @@ def test_plan_from_a_rendered_job_runs_what_would_be_submitted(tmp_path):
     local_config = (tmp_path / "work" / "config.yaml").resolve()
     assert plan.command == ["torchrun", "-m", "gbcosface", "train", "--config", str(local_config)]
     assert load_config(local_config).run.seed == 11
-    assert (plan.replicas, plan.nproc_per_node, plan.max_restarts, plan.timeout_s) == (3, 2, 1, 600.0)
+    assert (plan.replicas, plan.nproc_per_node, plan.timeout_s) == (3, 2, 600.0)
+    # 1 whole-job restart of 3 pods: the rendered backoffLimit (1 + 1) x 3, counted as the operator does.
+    assert (plan.backoff_limit, plan.max_restarts) == (6, 0)
     assert plan.env == {"GBCOSFACE_JOB_NAME": "gbc-plan", "NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "lo",
                         "GLOO_SOCKET_IFNAME": "lo",
                         # torchrun lets the workers finish a preemption checkpoint within the pod's grace

@@ -78,7 +78,8 @@ def test_one_node_job_shape():
     # The operator injects these; the template must not fight it.
     assert not set(env) & set(contract.OPERATOR_ENV_NAMES)
     run = job["spec"]["runPolicy"]
-    assert run == {"backoffLimit": 3, "cleanPodPolicy": "Running", "ttlSecondsAfterFinished": 86400}
+    # 3 whole-job restarts of 1 pod: the operator fails the job when restartCounts reach (3 + 1) x 1.
+    assert run == {"backoffLimit": 4, "cleanPodPolicy": "Running", "ttlSecondsAfterFinished": 86400}
     # One metrics port per local rank, from the config's run.metrics_port (9400 in the paper recipe).
     assert [p["name"] for p in c["ports"] if p["name"].startswith("metrics")] == ["metrics"]
 
@@ -131,10 +132,43 @@ def test_elastic_job_is_worker_only_with_explicit_nproc():
     assert _container(job, "Worker")["command"][:2] == ["torchrun", "--nproc-per-node=2"]
 
 
-def test_queue_job_gang_schedules_all_pods():
+def test_queue_and_priority_work_without_a_gang_scheduler():
+    """On a default operator (no --gang-scheduler-name) runPolicy.schedulingPolicy is never read
+    (kubeflow/trainer@v1.9.4:pkg/controller.v1/common/job.go): the queue is Kueue's label on the job and
+    the priority each pod's priorityClassName."""
     job = _render("queue").job
-    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"queue": "gpu-queue", "minAvailable": 4, "priorityClass": "training"}
+    assert "schedulingPolicy" not in job["spec"]["runPolicy"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    for rtype in ("Master", "Worker"):
+        assert _template(job, rtype)["spec"]["priorityClassName"] == "training"
+        assert "kueue.x-k8s.io/queue-name" not in _template(job, rtype)["metadata"]["labels"]
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
+
+
+@pytest.mark.parametrize(
+    ("gang", "policy", "kueue"),
+    [
+        ("volcano", {"queue": "gpu-queue", "minAvailable": 4, "priorityClass": "training"}, None),
+        ("scheduler-plugins", {"minAvailable": 4, "priorityClass": "training"}, "gpu-queue"),
+    ],
+)
+def test_an_explicit_gang_scheduler_gets_the_scheduling_policy(gang, policy, kueue, crd_schema):
+    import dataclasses
+
+    spec = dataclasses.replace(SPECS["queue"], gang_scheduler=gang)
+    job = render_job(spec, load_config("paper")).job
+    assert job_errors(job, crd_schema) == []
+    assert job["spec"]["runPolicy"]["schedulingPolicy"] == policy
+    assert job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") == kueue
+    assert _template(job, "Worker")["spec"]["priorityClassName"] == "training"
+
+
+def test_min_available_without_a_gang_scheduler_is_refused():
+    spec = JobSpec(name="gbc-gang", image=IMAGE, nnodes=2, min_available=2)
+    with pytest.raises(ValueError, match="min_available: only a gang scheduler"):
+        render_job(spec, load_config("paper"))
+    with pytest.raises(ValueError, match="gang_scheduler 'kube-batch'"):
+        render_job(JobSpec(name="gbc-gang", image=IMAGE, gang_scheduler="kube-batch"), load_config("paper"))
 
 
 def test_extra_args_and_metrics_off():
@@ -175,7 +209,7 @@ def test_run_scoped_names():
     names = [job_name_for_run(i) for i in ids]
     assert len(set(names)) == len(ids)  # lossy slugs stay distinct through the hash suffix
     for name in names:
-        assert len(name) <= 48 and name[0].isalpha() and name[-1].isalnum()
+        assert len(name) <= 46 and name[0].isalpha() and name[-1].isalnum()
         assert all(len(pod) <= 63 for pod in contract.replica_names(name, 1000))
         assert name == name.lower()
     with pytest.raises(ValueError):
@@ -185,7 +219,7 @@ def test_run_scoped_names():
 def test_operator_env_contract_values():
     env = contract.operator_env("job", "Worker", 2, nnodes=4, nproc_per_node=8)
     assert env == {
-        "PYTHONUNBUFFERED": "0", "MASTER_PORT": "23456", "PET_MASTER_PORT": "23456",
+        "PYTHONUNBUFFERED": "1", "MASTER_PORT": "23456", "PET_MASTER_PORT": "23456",
         "MASTER_ADDR": "job-master-0", "PET_MASTER_ADDR": "job-master-0", "WORLD_SIZE": "32", "RANK": "3",
         "PET_NPROC_PER_NODE": "8", "PET_NODE_RANK": "3", "PET_NNODES": "4",
     }

@@ -57,6 +57,7 @@ def test_empty_profile_is_the_defaults():
         ("- a\n- b", "must be a mapping"),
         ("cpu_request: [", "not valid YAML"),
         ("s3_secret: null", "'s3_secret': null"),
+        ("gang_scheduler: kube-batch", "'gang_scheduler': 'kube-batch' is not one of volcano, scheduler-plugins"),
     ],
 )
 def test_bad_profiles_are_refused_naming_the_key(text, message):
@@ -88,3 +89,18 @@ def test_the_gpu_2x8_profile_renders_a_valid_job_of_either_kind(kind):
     for needle in ("regcred", "NCCL_IB_HCA", "eth0", "gbcosface-trainer", "NVIDIA-H100-80GB-HBM3", "64Gi",
                    "gbcosface-data", "gbcosface-s3", "gpu-queue", "terminationGracePeriodSeconds: 600", "128Gi"):
         assert needle in text, needle
+
+
+def test_a_gang_scheduler_profile_gives_the_pytorchjob_its_scheduling_policy():
+    """Without the key a queue is Kueue's label; with `gang_scheduler: volcano` it is Volcano's queue in
+    runPolicy.schedulingPolicy, the only place an operator started with --gang-scheduler-name reads it."""
+    base = JobSpec(name="gbc-g", image="img:1", nnodes=2, gpus_per_node=8, nproc_per_node=8)
+    k = get_job_kind("pytorchjob")
+    plain = k.render(apply_profile(base, parse_cluster_profile("queue: q\npriority_class: high")), load_config("paper"))
+    assert plain.job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
+    assert "schedulingPolicy" not in plain.job["spec"]["runPolicy"]
+    volcano = apply_profile(base, parse_cluster_profile("queue: q\npriority_class: high\ngang_scheduler: volcano"))
+    job = k.render(volcano, load_config("paper")).job
+    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"queue": "q", "minAvailable": 2, "priorityClass": "high"}
+    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["priorityClassName"] == "high"

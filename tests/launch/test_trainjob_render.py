@@ -130,7 +130,8 @@ def test_our_trainer_v2_names_are_the_sdks():
     ("changes", "message"),
     [
         ({"elastic_min_nodes": 1, "elastic_max_nodes": 2, "nnodes": 2}, "no elastic policy"),
-        ({"min_available": 1}, "through Kueue"),
+        ({"min_available": 1, "gang_scheduler": "volcano"}, "through Kueue"),
+        ({"gang_scheduler": "scheduler-plugins"}, "gang_scheduler: a TrainJob gang-schedules"),
         ({"clean_pod_policy": "All"}, "clean_pod_policy"),
         ({"master_port": 29400}, "PET_MASTER_PORT=29500"),
         ({"backoff_limit": 5}, "backoff_limit: 5 differs from the runtime"),

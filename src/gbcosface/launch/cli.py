@@ -36,7 +36,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training config YAML (or a recipe name: paper, demo)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, resolved into the ConfigMap")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--name", help="job name (DNS-1035, <= 48 characters)")
+    who.add_argument("--name", help="job name (DNS-1035; <= 46 characters fits any node count up to 999)")
     who.add_argument("--run-id", help="derive a run-scoped job name from a pipeline run id")
     p.add_argument("--namespace", default="", help="default: the pod's namespace, the kubeconfig context's, or default")
     p.add_argument("--image", required=True, help="trainer image (pin it by digest)")
@@ -63,13 +63,17 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, help="base metrics port (default: the config's run.metrics_port)")
     p.add_argument("--clean-pod-policy", default="Running", choices=["None", "Running", "All"])
     p.add_argument("--ttl", type=int, default=86400, help="ttlSecondsAfterFinished")
-    p.add_argument("--backoff-limit", type=int, default=3)
+    p.add_argument("--backoff-limit", type=int, default=3,
+                   help="whole-job restarts (a PyTorchJob renders backoffLimit = (this + 1) x pods)")
     p.add_argument("--active-deadline", type=int, help="activeDeadlineSeconds")
     p.add_argument("--elastic-min", type=int, help="elastic: minimum nodes (Worker-only job)")
     p.add_argument("--elastic-max", type=int, help="elastic: maximum nodes")
     p.add_argument("--elastic-max-restarts", type=int)
-    p.add_argument("--queue", help="runPolicy.schedulingPolicy.queue (gang scheduling)")
-    p.add_argument("--min-available", type=int, help="gang size (default: all pods when --queue is set)")
+    p.add_argument("--queue", help="Kueue LocalQueue (label kueue.x-k8s.io/queue-name); the Volcano queue "
+                                   "with --gang-scheduler volcano")
+    p.add_argument("--gang-scheduler", choices=["volcano", "scheduler-plugins"],
+                   help="PyTorchJob: the operator's --gang-scheduler-name; renders runPolicy.schedulingPolicy")
+    p.add_argument("--min-available", type=int, help="gang size with --gang-scheduler (default: all pods)")
     p.add_argument("--priority-class")
     p.add_argument("--label", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--extra-arg", action="append", default=[], help="appended to `gbcosface train`")
@@ -127,6 +131,7 @@ def _rendered(args: argparse.Namespace) -> Any:
         elastic_max_nodes=args.elastic_max,
         elastic_max_restarts=args.elastic_max_restarts,
         queue=args.queue,
+        gang_scheduler=args.gang_scheduler,
         min_available=args.min_available,
         priority_class=args.priority_class,
         labels=dict(args.label),
@@ -231,7 +236,7 @@ def _local_from_manifest(args: argparse.Namespace) -> Any:
     work = Path(args.log_dir or Path(args.job).with_suffix("")).resolve()
     plan = kind.plan(jobs[0], configmaps[0], work)
     if args.max_restarts_set:
-        plan.max_restarts = args.max_restarts
+        plan.max_restarts, plan.backoff_limit = args.max_restarts, None
     plan.env.update(dict(args.env))
     if args.timeout:
         plan.timeout_s = args.timeout
@@ -327,7 +332,8 @@ def register(subparsers: Any) -> None:
                          "maps to this interpreter)")
     lo.add_argument("--log-dir", help="per-replica log files (default: a new temporary directory)")
     lo.add_argument("--max-restarts", type=int, default=None,
-                    help="restarts of the whole set (default: the manifest's backoffLimit with --job, else 0)")
+                    help="restarts of the whole set (default with --job: the manifest's, counted as its "
+                         "controller counts: a PyTorchJob's backoffLimit, a TrainJob runtime's maxRestarts; else 0)")
     lo.add_argument("--job-name", default="gbcosface-local")
     lo.add_argument("--env", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     lo.add_argument("--timeout", type=float, help="kill the job after this many seconds (activeDeadlineSeconds)")

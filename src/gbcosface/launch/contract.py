@@ -12,7 +12,7 @@ What the operator injects into every container of every replica (non-elastic job
 
 | variable            | value                                                            |
 | ------------------- | ---------------------------------------------------------------- |
-| PYTHONUNBUFFERED    | "0" (any non-empty value turns on unbuffered stdio in CPython)   |
+| PYTHONUNBUFFERED    | "1" (unbuffered stdio, so logs reach `kubectl logs` at once)      |
 | MASTER_ADDR         | "<job>-master-0" (the master's headless Service)                  |
 | PET_MASTER_ADDR     | same as MASTER_ADDR                                               |
 | MASTER_PORT         | the Master's container port named "pytorchjob-port" (23456)       |
@@ -49,8 +49,8 @@ CONFIG_DIR = "/etc/gbcosface"
 CONFIG_KEY = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 
-#: The operator's value (it is "0" in envvar.go; CPython only checks that it is non-empty).
-PYTHONUNBUFFERED_VALUE = "0"
+#: The operator's value: kubeflow/trainer@v1.9.4:pkg/controller.v1/pytorch/envvar.go sets "1".
+PYTHONUNBUFFERED_VALUE = "1"
 
 #: Names of the variables the operator injects, in the order it appends them.
 OPERATOR_ENV_NAMES = (

@@ -7,7 +7,14 @@ variables (`contract.operator_env`, with MASTER_ADDR=127.0.0.1 and a free port i
 master's Service), one torchrun agent per "pod" doing the static rendezvous over TCP, and the
 job-level restart behaviour: under restartPolicy OnFailure a failed pod is restarted and the
 others, whose rendezvous or collectives break, fail and restart too, so the emulator kills every
-replica and restarts the whole set, at most `max_restarts` times (the job's backoffLimit).
+replica and restarts the whole set.
+
+When the job fails for good is counted as its controller counts (`RestartCounter`): for a PyTorchJob
+plan, the Training Operator's rule on the rendered `backoffLimit` (each replica that did not exit 0
+adds one container restart; the sum over replicas still running reaches the limit:
+kubeflow/trainer@v1.9.4:pkg/core/job.go PastBackoffLimit), so a 2-node set spends 2 per failure;
+for a TrainJob, and for `max_restarts`, JobSet's rule (one restart per failure of the set, fail when
+`restarts >= failurePolicy.maxRestarts`: kubernetes-sigs/jobset@v0.12.0:pkg/controllers/failure_policy.go).
 
 A TrainJob (`kind="trainjob"`) is emulated the same way with the torch plugin's environment
 (`launch/trainjob_env.py`: PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR,
@@ -23,6 +30,7 @@ GROUP_RANK, ...) are removed from the inherited environment, since a pod would n
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -73,6 +81,10 @@ class LocalJobResult:
     attempts: list[Attempt] = field(default_factory=list)
     log_dir: Path = Path()
     replica_names: list[str] = field(default_factory=list)
+    #: Per replica, in node-rank order, how often it was restarted (a PyTorchJob pod's restartCount).
+    restart_counts: list[int] = field(default_factory=list)
+    #: Why the job failed for good: "BackoffLimitExceeded", "ReachedMaxRestarts" or "DeadlineExceeded".
+    failure: str | None = None
 
     @property
     def exit_codes(self) -> list[int]:
@@ -99,6 +111,53 @@ def free_port(host: str = LOOPBACK) -> int:
 def replica_type_index(node_rank: int) -> tuple[str, int]:
     """Node rank -> (replica type, index): 0 is Master 0, r > 0 is Worker r-1."""
     return (contract.MASTER, 0) if node_rank == 0 else (contract.WORKER, node_rank - 1)
+
+
+def operator_past_backoff_limit(restart_counts: Sequence[int], running: Sequence[bool], backoff_limit: int) -> bool:
+    """The Training Operator's backoff rule (kubeflow/trainer@v1.9.4:pkg/core/job.go PastBackoffLimit):
+    the container restartCounts of the pods that are Running, summed, reach `backoff_limit` (or,
+    for a limit of 0, any restart at all)."""
+    total = sum(count for count, up in zip(restart_counts, running, strict=True) if up)
+    return total > 0 if backoff_limit == 0 else total >= backoff_limit
+
+
+def jobset_past_max_restarts(restarts: int, max_restarts: int) -> bool:
+    """JobSet's rule for a failed child Job under its default action RestartJobSet
+    (kubernetes-sigs/jobset@v0.12.0:pkg/controllers/failure_policy.go restartJobSetActionApplier):
+    fail when the restarts so far (status.restartsCountTowardsMax) reach failurePolicy.maxRestarts
+    (likewise v0.11.1, Trainer v2.2.x's; neither Trainer version sets failurePolicy or backoffLimit itself)."""
+    return restarts >= max_restarts
+
+
+class RestartCounter:
+    """Counts one job's restarts as its controller does and says when a failure is final.
+
+    `backoff_limit` set: the Training Operator's count (a PyTorchJob's rendered runPolicy.backoffLimit);
+    else JobSet's, with `max_restarts` as failurePolicy.maxRestarts (a TrainJob, or a plain emulation).
+    """
+
+    def __init__(self, replicas: int, max_restarts: int = 0, backoff_limit: int | None = None):
+        if max_restarts < 0 or (backoff_limit is not None and backoff_limit < 0):
+            raise ValueError("max_restarts and backoff_limit must be >= 0")
+        self.max_restarts, self.backoff_limit = max_restarts, backoff_limit
+        self.counts = [0] * replicas
+        self.set_restarts = 0
+
+    def failed(self, exit_codes: Sequence[int]) -> str | None:
+        """Record a failed attempt; the reason the job now fails for good, or None to restart it."""
+        if self.backoff_limit is not None:
+            # OnFailure: a container that did not exit 0 is restarted in place (its pod stays Running);
+            # one that exited 0 leaves its pod Succeeded, which the operator no longer counts.
+            running = [code != 0 for code in exit_codes]
+            self.counts = [c + 1 if up else c for c, up in zip(self.counts, running, strict=True)]
+            if operator_past_backoff_limit(self.counts, running, self.backoff_limit):
+                return "BackoffLimitExceeded"
+        elif jobset_past_max_restarts(self.set_restarts, self.max_restarts):
+            return "ReachedMaxRestarts"
+        else:
+            self.counts = [c + 1 for c in self.counts]  # JobSet recreates every pod
+        self.set_restarts += 1
+        return None
 
 
 def _check_kind(kind: str) -> str:
@@ -238,11 +297,14 @@ def run_local_job(
     metrics_base_port: int | None = None,
     kind: str = "pytorchjob",
     runtime: ReplicaRuntime | None = None,
+    backoff_limit: int | None = None,
 ) -> LocalJobResult:
     """Run `replicas` pods' worth of processes; return when all exit 0 (success), or when an
-    attempt fails and `max_restarts` are used up, or when `timeout_s` (the job's
-    activeDeadlineSeconds) passes. `command` replaces the trainer command (a leading `torchrun` or
-    `python` maps to this interpreter); without it `config` is required. `echo`: True copies the
+    attempt fails and the restarts are used up, or when `timeout_s` (the job's
+    activeDeadlineSeconds) passes. Restarts: `max_restarts` whole-set restarts (JobSet's count), or
+    with `backoff_limit` a PyTorchJob's runPolicy.backoffLimit counted as the operator does
+    (`RestartCounter`; `max_restarts` is then ignored).
+    `command` replaces the trainer command (a leading `torchrun` or `python` maps to this interpreter); without it `config` is required. `echo`: True copies the
     replicas' output to `sys.stdout` (as it is at call time), a stream copies it there, False not.
     `kind`: whose environment and replica names ("pytorchjob" or "trainjob").
     `runtime` starts each replica (default: a process of this venv; `containers.ContainerRuntime`:
@@ -251,8 +313,7 @@ def run_local_job(
     _check_kind(kind)
     if replicas < 1 or nproc_per_node < 1:
         raise ValueError(f"replicas and nproc_per_node must be >= 1, got {replicas} and {nproc_per_node}")
-    if max_restarts < 0:
-        raise ValueError("max_restarts must be >= 0")
+    counter = RestartCounter(replicas, max_restarts, backoff_limit)
     if command is None:
         if config is None:
             raise ValueError("either a config file or a command is required")
@@ -273,7 +334,7 @@ def run_local_job(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
     with sigterm_raises():
-        for attempt in range(max_restarts + 1):
+        for attempt in itertools.count():
             port = free_port()
             log.info("local job %s: attempt %d, %d replica(s) x %d, master 127.0.0.1:%d, logs in %s",
                      job_name, attempt, replicas, nproc_per_node, port, out_dir)
@@ -300,8 +361,11 @@ def run_local_job(
             if reason == "Succeeded":
                 result.succeeded = True
                 break
-            if reason == "DeadlineExceeded":
+            result.failure = "DeadlineExceeded" if reason == "DeadlineExceeded" else counter.failed(codes)
+            if result.failure:
+                log.info("local job %s failed: %s (restart counts %s)", job_name, result.failure, counter.counts)
                 break
+    result.restart_counts = list(counter.counts)
     return result
 
 
@@ -328,16 +392,19 @@ class LocalPlan:
     nproc_per_node: int
     command: list[str]
     env: dict[str, str]
-    max_restarts: int
+    max_restarts: int  # whole-set restarts (JobSet failurePolicy.maxRestarts); unused with backoff_limit
     timeout_s: float | None
     kind: str = "pytorchjob"
+    backoff_limit: int | None = None  # a PyTorchJob's runPolicy.backoffLimit, counted as the operator does
 
 
 def plan_from_job(job: Mapping, configmap: Mapping, work_dir: str | Path) -> LocalPlan:
     """Emulate exactly a rendered job: its container command (with the ConfigMap's config written
     to `work_dir/config.yaml` in place of the mounted file), its pod count and nprocPerNode, its
     plain env values (Secret references are left to the caller's environment), its backoffLimit
-    and activeDeadlineSeconds. Why: the pipeline's local launcher then runs what it would submit."""
+    (counted as the operator counts it; a job without one is not restarted here, where the operator
+    would restart it without bound) and activeDeadlineSeconds. Why: the pipeline's local launcher
+    then runs what it would submit."""
     replicas_spec = job["spec"]["pytorchReplicaSpecs"]
     if "elasticPolicy" in job["spec"] or contract.MASTER not in replicas_spec:
         raise ValueError("the emulator runs non-elastic jobs with a Master only")
@@ -351,10 +418,11 @@ def plan_from_job(job: Mapping, configmap: Mapping, work_dir: str | Path) -> Loc
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
     run_policy = job["spec"].get("runPolicy", {})
     deadline = run_policy.get("activeDeadlineSeconds")
+    backoff = run_policy.get("backoffLimit")
     return LocalPlan(
         job_name=job["metadata"]["name"], replicas=replicas, nproc_per_node=int(job["spec"].get("nprocPerNode", "1")),
-        command=command, env=env, max_restarts=int(run_policy.get("backoffLimit", 0)),
-        timeout_s=float(deadline) if deadline else None,
+        command=command, env=env, max_restarts=0, timeout_s=float(deadline) if deadline else None,
+        backoff_limit=None if backoff is None else int(backoff),
     )
 
 
@@ -362,5 +430,6 @@ def run_plan(plan: LocalPlan, **kwargs: Any) -> LocalJobResult:
     """`run_local_job` with everything a LocalPlan fixes; `kwargs` for log_dir, echo, cwd, ..."""
     return run_local_job(
         replicas=plan.replicas, nproc_per_node=plan.nproc_per_node, command=plan.command, job_name=plan.job_name,
-        extra_env=plan.env, max_restarts=plan.max_restarts, timeout_s=plan.timeout_s, kind=plan.kind, **kwargs,
+        extra_env=plan.env, max_restarts=plan.max_restarts, timeout_s=plan.timeout_s, kind=plan.kind,
+        backoff_limit=plan.backoff_limit, **kwargs,
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .spec import TOLERATION_KEYS, JobSpec, is_quantity
+from .spec import GANG_SCHEDULERS, TOLERATION_KEYS, JobSpec, is_quantity
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -50,6 +50,7 @@ class ClusterProfile:
     s3_secret: str = "gbcosface-s3"  # "" for none
     priority_class: str | None = None
     queue: str | None = None
+    gang_scheduler: str | None = None  # PyTorchJob: "volcano" | "scheduler-plugins" (the operator's gang scheduler)
     trainjob_runtime: str | None = None  # TrainJob only: "[KIND/]NAME" (default ClusterTrainingRuntime/gbcosface-torch)
     backoff_limit: int = 3
     ttl_seconds_after_finished: int = 86400
@@ -81,7 +82,7 @@ def _check(key: str, value: Any) -> Any:
                "queue", "trainjob_runtime"}
     ints = {"backoff_limit", "ttl_seconds_after_finished", "termination_grace_period_seconds"}
     if value is None:
-        if key in quantities | strings - {"gpu_resource", "s3_secret"} or key == "tolerations":
+        if key in quantities | strings - {"gpu_resource", "s3_secret"} or key in ("tolerations", "gang_scheduler"):
             return None
         raise ProfileError(f"cluster profile key {key!r}: null is not allowed")
     if key in quantities:
@@ -95,6 +96,10 @@ def _check(key: str, value: Any) -> Any:
     if key in ints:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ProfileError(f"cluster profile key {key!r}: expected an integer >= 0, got {value!r}")
+        return value
+    if key == "gang_scheduler":
+        if value not in GANG_SCHEDULERS:
+            raise ProfileError(f"cluster profile key {key!r}: {value!r} is not one of {', '.join(GANG_SCHEDULERS)}")
         return value
     if key == "stuck_pod_grace_s":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -153,6 +158,7 @@ def apply_profile(spec: JobSpec, profile: ClusterProfile) -> JobSpec:
         service_account=p.service_account, image_pull_secrets=list(p.image_pull_secrets),
         data_volume_claim=p.data_pvc, data_scratch_size=p.data_scratch_size, shm_size=p.shm_size,
         s3_secret_name=p.s3_secret or None, priority_class=p.priority_class, queue=p.queue,
+        gang_scheduler=p.gang_scheduler,
         trainjob_runtime=p.trainjob_runtime,
         backoff_limit=p.backoff_limit, ttl_seconds_after_finished=p.ttl_seconds_after_finished,
         termination_grace_period_seconds=p.termination_grace_period_seconds,

@@ -12,7 +12,11 @@ Shape of the job (see docs/kubernetes.md):
   container's default 64 MiB /dev/shm crashes them);
 - NCCL settings and S3 credentials (from a Secret) as env; one named metrics port per local rank;
 - non-root, no privilege escalation, no service-account token (the trainer never calls the API);
-- restartPolicy OnFailure with a backoff limit, cleanPodPolicy and TTL so nothing lingers.
+- restartPolicy OnFailure with a backoff limit sized so that the JobSpec's `backoff_limit` counts
+  whole-job restarts (`operator_backoff_limit`), cleanPodPolicy and TTL so nothing lingers;
+- `priorityClassName` on every pod and a queue as Kueue's `kueue.x-k8s.io/queue-name` label: on an
+  operator without gang scheduling (the default install) `runPolicy.schedulingPolicy` is never read,
+  so it is rendered only for an explicit `gang_scheduler` (Volcano or scheduler-plugins).
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ from gbcosface.config import TrainConfig, config_hash, to_yaml
 
 from . import contract
 from . import spec as common
+from .names import derived_name_problems
 from .spec import (  # noqa: F401 - re-exported: the names this module has always had
     BASE_LABELS,
     CLEAN_POD_POLICIES,
     CONFIG_HASH_ANNOTATION,
     ISTIO_INJECT,
+    KUEUE_QUEUE_LABEL,
     RUN_ID_LABEL,
     S3_ENV_KEYS,
     JobSpec,
@@ -85,23 +91,51 @@ def _pod_template(spec: JobSpec, metrics_port: int) -> k8s.V1PodTemplateSpec:
         image_pull_secrets=common.pull_secrets(spec),
         termination_grace_period_seconds=spec.termination_grace_period_seconds,
         security_context=common.pod_security(spec),
+        priority_class_name=spec.priority_class,
     )
     return k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(labels=common.labels(spec), annotations=common.pod_annotations(spec)), spec=pod,
     )
 
 
+def operator_backoff_limit(restarts: int, pods: int) -> int:
+    """The `runPolicy.backoffLimit` under which a job of `pods` pods survives `restarts` whole-job
+    restarts and fails on the next failure.
+
+    Why not `restarts` itself: the operator's backoffLimit is not a count of job restarts. Under
+    restartPolicy OnFailure it sums the container restartCount of every Running pod and fails the
+    job once the sum reaches the limit (kubeflow/trainer@v1.9.4:pkg/core/job.go PastBackoffLimit:
+    `result >= BackoffLimit`, or `result > 0` for 0). A collective failure restarts every pod of the
+    static rendezvous once, so each whole-job restart adds `pods`: after k of them the sum is
+    k x pods, and (restarts + 1) x pods lets k = restarts pass and fails k = restarts + 1. (The other
+    counter, `previousRetry + 1 > BackoffLimit`, reads the PyTorchJob controller's FakeWorkQueue,
+    whose NumRequeues is always 0: pkg/controller.v1/pytorch/pytorchjob_controller.go,
+    pkg/common/util/fake_workqueue.go; it only fires for a backoffLimit of 0.)
+
+    Why not restartPolicy ExitCode: its pods are recreated with restartCount 0, so PastBackoffLimit
+    never fires and, with that FakeWorkQueue, a retryable failure (exit code >= 128:
+    pkg/util/train/train_util.go) restarts without bound, while any ordinary error (torchrun exits 1)
+    fails the job at once (pkg/controller.v1/common/pod.go ReconcilePods).
+    """
+    if restarts < 0 or pods < 1:
+        raise ValueError(f"restarts must be >= 0 and pods >= 1, got {restarts} and {pods}")
+    return (restarts + 1) * pods
+
+
 def _run_policy(spec: JobSpec) -> KubeflowOrgV1RunPolicy:
     scheduling = None
-    if spec.queue or spec.min_available or spec.priority_class:
-        min_available = spec.min_available or (spec.nnodes if spec.queue else None)
+    if spec.gang_scheduler:
+        # Read only by an operator started with --gang-scheduler-name (kubeflow/trainer@v1.9.4:
+        # pkg/controller.v1/common/job.go ReconcileJobs): Volcano's PodGroup takes queue, minMember and
+        # priorityClassName; scheduler-plugins' takes minMember only.
         scheduling = KubeflowOrgV1SchedulingPolicy(
-            queue=spec.queue, min_available=min_available, priority_class=spec.priority_class
+            queue=spec.queue if spec.gang_scheduler == "volcano" else None,
+            min_available=spec.min_available or spec.nnodes, priority_class=spec.priority_class,
         )
     return KubeflowOrgV1RunPolicy(
         clean_pod_policy=spec.clean_pod_policy,
         ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
-        backoff_limit=spec.backoff_limit,
+        backoff_limit=operator_backoff_limit(spec.backoff_limit, spec.nnodes),
         active_deadline_seconds=spec.active_deadline_seconds,
         scheduling_policy=scheduling,
     )
@@ -122,9 +156,22 @@ def _replica_specs(spec: JobSpec, template: k8s.V1PodTemplateSpec) -> dict[str, 
 
 
 def _refused(spec: JobSpec) -> list[str]:
+    out = derived_name_problems(NAME, spec.name, spec.nnodes, spec.elastic)
     if spec.trainjob_runtime:
-        return ["trainjob_runtime: a PyTorchJob has no training runtime (it is a TrainJob setting)"]
-    return []
+        out.append("trainjob_runtime: a PyTorchJob has no training runtime (it is a TrainJob setting)")
+    if spec.min_available is not None and not spec.gang_scheduler:
+        out.append("min_available: only a gang scheduler reads runPolicy.schedulingPolicy (set gang_scheduler)")
+    return out
+
+
+def job_labels(spec: JobSpec) -> dict[str, str]:
+    """The job's labels: ours, and Kueue's queue label unless the queue is Volcano's. Kueue's webhook
+    suspends a job that carries the label until the queue admits it (kubernetes-sigs/kueue:
+    pkg/controller/jobframework/defaults.go ApplyDefaultForSuspend), so the job needs no runPolicy.suspend."""
+    labels = common.labels(spec)
+    if spec.queue and spec.gang_scheduler != "volcano":
+        labels[KUEUE_QUEUE_LABEL] = spec.queue
+    return labels
 
 
 def render_job(spec: JobSpec, config: TrainConfig) -> RenderedJob:
@@ -134,7 +181,7 @@ def render_job(spec: JobSpec, config: TrainConfig) -> RenderedJob:
     if refused:
         raise ValueError(f"job {spec.name!r} cannot be a PyTorchJob: " + "; ".join(refused))
     metrics_port = config.run.metrics_port if spec.metrics_port is None else spec.metrics_port
-    labels = common.labels(spec)
+    labels = job_labels(spec)
     chash = config_hash(config)
     annotations = {CONFIG_HASH_ANNOTATION: chash, **spec.annotations}
     cm = common.configmap(spec, to_yaml(config), chash)

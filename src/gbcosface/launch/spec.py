@@ -35,6 +35,11 @@ BASE_LABELS = {
 #: The S3 Secret's keys, each set as the env var of the same name (GBCOSFACE_S3_*, never AWS_*: gbcosface.s3_env).
 S3_ENV_KEYS = s3_env.SECRET_KEYS
 CLEAN_POD_POLICIES = ("None", "Running", "All")
+#: Gang schedulers the Training Operator v1.9.4 drives (kubeflow/trainer@v1.9.4:cmd/training-operator.v1/main.go
+#: --gang-scheduler-name: "volcano", anything else is a scheduler-plugins scheduler).
+GANG_SCHEDULERS = ("volcano", "scheduler-plugins")
+#: Kueue's queue label, read on PyTorchJobs and TrainJobs alike.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 #: Long enough for the trainer's SIGTERM -> checkpoint -> exit on a big model over S3.
 DEFAULT_TERMINATION_GRACE_S = 300
 _QUANTITY = re.compile(
@@ -78,16 +83,24 @@ class JobSpec:
     master_port: int = contract.DEFAULT_MASTER_PORT  # PyTorchJob only (a TrainJob's is the runtime's 29500)
     clean_pod_policy: str = "Running"  # PyTorchJob only
     ttl_seconds_after_finished: int | None = 86400
+    # Whole-job restarts (every pod restarted together) after which a failure fails the job. Each kind
+    # renders it as its controller counts: PyTorchJob `runPolicy.backoffLimit` = (restarts + 1) x pods
+    # (`pytorchjob.operator_backoff_limit`), TrainJob the runtime's JobSet `failurePolicy.maxRestarts`.
     backoff_limit: int = 3
     active_deadline_seconds: int | None = None
     termination_grace_period_seconds: int | None = DEFAULT_TERMINATION_GRACE_S
     elastic_min_nodes: int | None = None  # PyTorchJob only: set both min and max for a Worker-only job
     elastic_max_nodes: int | None = None
     elastic_max_restarts: int | None = None
-    queue: str | None = None  # PyTorchJob: runPolicy.schedulingPolicy.queue; TrainJob: the Kueue LocalQueue
+    # The Kueue LocalQueue (label kueue.x-k8s.io/queue-name on the job), or with gang_scheduler
+    # "volcano" the Volcano queue (PyTorchJob runPolicy.schedulingPolicy.queue).
+    queue: str | None = None
     trainjob_runtime: str | None = None  # TrainJob only: "[ClusterTrainingRuntime|TrainingRuntime/]NAME"
-    min_available: int | None = None  # PyTorchJob only: gang size; defaults to all pods when a queue is set
-    priority_class: str | None = None
+    # PyTorchJob only: the gang scheduler the operator was started with (--gang-scheduler-name); only then
+    # does it read runPolicy.schedulingPolicy (kubeflow/trainer@v1.9.4:pkg/controller.v1/common/job.go).
+    gang_scheduler: str | None = None  # None | "volcano" | "scheduler-plugins"
+    min_available: int | None = None  # PyTorchJob with gang_scheduler only: gang size (default all pods)
+    priority_class: str | None = None  # PyTorchJob: priorityClassName of every pod
     run_id: str | None = None  # recorded as a label
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
@@ -143,6 +156,8 @@ class JobSpec:
                 problems.append("an elastic job needs both elastic_min_nodes and elastic_max_nodes")
             elif not 1 <= lo <= self.nnodes <= hi:
                 problems.append(f"elastic bounds need 1 <= min ({lo}) <= nnodes ({self.nnodes}) <= max ({hi})")
+        if self.gang_scheduler is not None and self.gang_scheduler not in GANG_SCHEDULERS:
+            problems.append(f"gang_scheduler {self.gang_scheduler!r} is not one of {GANG_SCHEDULERS}")
         if self.min_available is not None and not 1 <= self.min_available <= self.nnodes:
             problems.append(f"min_available must be within 1..{self.nnodes}, got {self.min_available}")
         for t in self.tolerations:

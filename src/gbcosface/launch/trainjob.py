@@ -33,7 +33,7 @@ from gbcosface.config import TrainConfig, config_hash, to_yaml
 from . import contract
 from . import spec as common
 from . import trainjob_env as env_contract
-from .names import is_dns1035_label
+from .names import derived_name_problems, is_dns1035_label
 from .spec import CONFIG_HASH_ANNOTATION, JobSpec, RenderedJob
 
 NAME = "trainjob"
@@ -45,7 +45,7 @@ PLURAL = "trainjobs"
 RUNTIME_NAME = "gbcosface-torch"
 RUNTIME_KIND = "ClusterTrainingRuntime"
 PATCH_MANAGER = "gbcosface.io/launcher"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_QUEUE_LABEL = common.KUEUE_QUEUE_LABEL
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 #: Pod label with numProcPerNode: the TrainJob PodMonitor scrapes only the metrics ports of ranks that
 #: exist (the runtime declares eight), so a 1-process node has no "down" targets.
@@ -63,7 +63,10 @@ RUNTIME_FIXED = {
 
 
 def _refused(spec: JobSpec) -> list[str]:
-    out = []
+    out = derived_name_problems(NAME, spec.name, spec.nnodes)
+    if spec.gang_scheduler:
+        out.append("gang_scheduler: a TrainJob gang-schedules through its runtime's mlPolicy.podGroupPolicy "
+                   "or Kueue (set queue)")
     if spec.elastic:
         out.append("elastic_min_nodes/elastic_max_nodes: a TrainJob has no elastic policy (removed in Trainer v2.2)")
     if spec.min_available is not None:
@@ -192,6 +195,10 @@ def webhook_errors(job: Mapping[str, Any]) -> list[str]:
     if not is_dns1035_label(name, 63):
         errors.append(f"metadata.name: {name!r} is not a DNS-1035 label of at most 63 characters")
     spec = job.get("spec") or {}
+    nodes = (spec.get("trainer") or {}).get("numNodes")
+    if is_dns1035_label(name, 63) and isinstance(nodes, int) and nodes >= 1:
+        # JobSet v0.12.0 rejects the TrainJob's JobSet when its last pod name would exceed 63 characters.
+        errors += [f"metadata.name: {p}" for p in derived_name_problems(NAME, name, nodes)]
     ref = spec.get("runtimeRef") or {}
     if not ref.get("name"):
         errors.append("spec.runtimeRef.name: a TrainJob must reference a runtime")

@@ -14,7 +14,8 @@ job before it reaches a cluster, where the same mistakes surface as a rejected a
   together with both nProcPerNode fields, runPolicy.managedBy values.
 - `project_errors`: rules of this project's contract: a non-elastic job has a Master (the operator
   injects MASTER_ADDR/RANK only then), label keys and values are valid (the CRD schema leaves
-  metadata unchecked).
+  metadata unchecked), and the pod and Service names the operator derives (`<job>-worker-<i>`) are
+  DNS-1035 labels (the webhook checks only the job name; the API server then refuses the Services).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jsonschema
 import yaml
 
 from . import contract
-from .names import is_dns1035_label
+from .names import derived_name_problems, is_dns1035_label
 
 MANAGED_BY = ("kubeflow.org/training-operator", "kueue.x-k8s.io/multikueue")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
@@ -155,6 +156,11 @@ def project_errors(job: dict[str, Any]) -> list[str]:
     for rtype, rspec in replicas.items():
         meta = ((rspec or {}).get("template") or {}).get("metadata") or {}
         errors += _label_errors(f"spec.pytorchReplicaSpecs[{rtype}].template.metadata.labels", meta.get("labels"))
+    name = (job.get("metadata") or {}).get("name", "")
+    counts = [(rspec or {}).get("replicas", 1) for rspec in replicas.values()]
+    if is_dns1035_label(name) and all(isinstance(c, int) and c >= 0 for c in counts) and sum(counts) >= 1:
+        elastic = spec.get("elasticPolicy") is not None or contract.MASTER not in replicas
+        errors += [f"metadata.name: {p}" for p in derived_name_problems("pytorchjob", name, sum(counts), elastic)]
     return errors
 
 
