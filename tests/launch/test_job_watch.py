@@ -9,13 +9,15 @@ legacy recorder (firstTimestamp/lastTimestamp/count).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
 from fake_kube_api import FakeApiServer, event, pod
 from test_job_client_kinds import DONE, FAILED, KINDS, RUNNING, _pod_labels, _pod_name, _render, _store
 
-from gbcosface.launch.client import JobClient, JobFailedError, JobStartError, JobStuckError
+from gbcosface.launch.client import JobClient, JobError, JobFailedError, JobStartError, JobStuckError
 from gbcosface.launch.kinds import get_job_kind
 from gbcosface.launch.profile import ClusterProfile, ProfileError, parse_cluster_profile
 
@@ -256,17 +258,33 @@ def test_a_retry_replaces_a_failed_job_once_it_and_its_configmap_are_gone(api, k
     old_uid = store[(NS, "gbc-k")]["metadata"]["uid"]
     store[(NS, "gbc-k")]["status"] = FAILED[kind]
     c.delete_lag = 3  # the job and the ConfigMap linger for 3 GETs after their DELETE (finalizers, GC)
+    old_pod = _pod_name(kind)
+    c.pods[(NS, old_pod)] = pod(old_pod, _pod_labels(kind), phase="Failed", container=get_job_kind(kind).container_name)
+    c.pods[(NS, old_pod)]["metadata"]["deletionTimestamp"] = "2026-11-28T01:00:00Z"
+    removed = {}
+
+    def garbage_collector():  # the old pod goes a while after its job (its grace period)
+        while (NS, "gbc-k") in store and store[(NS, "gbc-k")]["metadata"]["uid"] == old_uid:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        removed["at"] = len(c.requests)
+        del c.pods[(NS, old_pod)]
+
+    gc = threading.Thread(target=garbage_collector, daemon=True)
+    gc.start()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         client.submit(rendered)
+    gc.join(10)
     job = store[(NS, "gbc-k")]
     assert job["metadata"]["uid"] != old_uid and not job.get("status") and "deletionTimestamp" not in job["metadata"]
     cm = c.configmaps[(NS, "gbc-k-config")]
     assert "deletionTimestamp" not in cm["metadata"] and cm["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
     plural = "pytorchjobs" if kind == "pytorchjob" else "trainjobs"
     assert c.count("DELETE", f"/{plural}/gbc-k$") == 1 and c.count("DELETE", "/configmaps/gbc-k-config$") == 1
-    # Created again only after both were gone: the creates that follow the deletes succeeded first time.
-    after = [(m, p) for m, p, _ in c.requests[[i for i, r in enumerate(c.requests) if r[0] == "DELETE"][-1]:]]
+    # Created again only after all were gone: the creates follow the old pod's removal and succeeded first time.
+    after = [(m, p) for m, p, _ in c.requests[removed["at"]:]]
     assert [p.rsplit("/", 1)[-1] for m, p in after if m == "POST"] == ["configmaps", plural]
+    assert [p for m, p, _ in c.requests[:removed["at"]] if m == "POST"][-1].endswith(plural)  # the first submit's
     assert any("Failed from an earlier attempt" in r.getMessage() for r in caplog.records)
 
 
@@ -290,7 +308,7 @@ def test_a_failed_job_that_is_never_gone_fails_the_submit_with_what_is_left(api)
     client.submit(rendered)
     api.cluster.trainjobs[(NS, "gbc-k")]["status"] = FAILED["trainjob"]
     api.cluster.delete_lag = 10_000  # a finalizer nobody removes
-    with pytest.raises(Exception, match="TrainJob ns1/gbc-k and ConfigMap ns1/gbc-k-config still there"):
+    with pytest.raises(JobError, match="TrainJob ns1/gbc-k and ConfigMap ns1/gbc-k-config still there"):
         client.submit(rendered)
 
 

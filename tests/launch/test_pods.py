@@ -174,3 +174,10 @@ def test_stuck_watch_gives_queued_problems_the_queue_grace_and_reports_changes()
     assert w.update(tainted, 101) is None and w.update(tainted, 111).queued is False
     with pytest.raises(ValueError):
         StuckWatch(1, queue_grace_s=-1)
+
+
+def test_a_pod_being_deleted_is_not_stuck():
+    """A replaced job's or a restarted JobSet's old pod, terminating, carries the job's labels."""
+    going = pod("old", L, waiting=("ImagePullBackOff", "x"))
+    going["metadata"]["deletionTimestamp"] = "2026-11-28T10:00:00Z"
+    assert _reasons([going, pod("new", L, waiting=("ErrImagePull", "y"))]) == [("new", "ErrImagePull")]

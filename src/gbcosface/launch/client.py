@@ -56,8 +56,8 @@ DEFAULT_STUCK_POD_GRACE_S = 900.0
 DEFAULT_QUEUE_GRACE_S = 6 * 3600.0
 #: How often the step log says how long the job has been waiting for GPUs.
 DEFAULT_QUEUE_REPORT_S = 300.0
-#: How long `submit` waits for a Failed job and its ConfigMap to be gone before creating them again.
-DEFAULT_REPLACE_TIMEOUT_S = 300.0
+#: How long `submit` waits for a Failed job, its ConfigMap and pods to be gone before creating it again.
+DEFAULT_REPLACE_TIMEOUT_S = 900.0  # pods get up to terminationGracePeriodSeconds (300 s) to stop
 #: Access modes a PVC shared by the pods of several nodes needs.
 SHARED_ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany")
 
@@ -232,8 +232,10 @@ class JobClient:
         self._own_configmap(cm_name, ns, created)
 
     def _wait_gone(self, name: str, cm_name: str, ns: str) -> None:
-        """Until the job and its ConfigMap are both gone (404): a delete returns before finalizers and
-        the garbage collector are done, and a create meanwhile answers 409 AlreadyExists."""
+        """Until the job, its ConfigMap and its pods are all gone: a delete returns before finalizers
+        and the garbage collector are done (a create meanwhile answers 409 AlreadyExists), and the old
+        pods, terminating for up to their grace period, carry the labels (and for a PyTorchJob the
+        names) the new job's pods will have."""
         deadline = time.monotonic() + self.replace_timeout_s
         while True:
             left = []
@@ -249,6 +251,12 @@ class JobClient:
             except ApiException as exc:
                 if exc.status != 404:
                     left.append(f"ConfigMap {ns}/{cm_name} ({exc.status} {exc.reason})")
+            try:
+                pods = self.pods(name, ns)
+                if pods:
+                    left.append(f"{len(pods)} pod(s) of the old job")
+            except ApiException as exc:  # no permission to list pods: job and ConfigMap are enough
+                log.debug("listing the old pods of %s: %s", name, exc)
             if not left:
                 return
             if time.monotonic() >= deadline:

@@ -173,7 +173,8 @@ def pod_problems(pods: Iterable[Mapping[str, Any]], events: Iterable[Mapping[str
                  gpu_resource: str = DEFAULT_GPU_RESOURCE) -> list[PodProblem]:
     """Every problem visible now, one per (pod, reason); events name pods by involvedObject and
     count only while they are newer than the pod's current state (see the module docstring)."""
-    pods = list(pods)
+    # A pod being deleted (a replaced job's, a restarted JobSet's) is on its way out, not stuck.
+    pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     found: dict[tuple[str, str], PodProblem] = {}
     for pod in pods:
         for p in _pod_problems(pod, gpu_resource):
