@@ -186,8 +186,8 @@ def test_every_request_of_the_launcher_is_allowed_by_the_role(api, kind):
     store = api.cluster.jobs if kind == "pytorchjob" else api.cluster.trainjobs
     store[("ns1", "gbc-r")]["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "x",
                                                           "message": "", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
+    del api.cluster.pods[("ns1", name)]  # the garbage collector removed the failed job's pods
     client.submit(rendered)
-    del api.cluster.pods[("ns1", name)]
     client.start_failure("gbc-r")
     client.prune_finished(0)
     rules = _rules()

@@ -212,9 +212,9 @@ class JobClient:
             going = bool((created.get("metadata") or {}).get("deletionTimestamp"))
             if (status.failed or going) and _replace:
                 # KFP's Retry keeps the run id, so the retried step finds the job of the failed attempt,
-                # which its operator keeps until the TTL (training-operator v1.9.4
-                # pkg/controller.v1/common/job.go CleanupJob; a TrainJob has none). Attaching would
-                # fail at once: delete it and its ConfigMap, wait until both are gone, create again.
+                # which its operator keeps until the TTL (kubeflow/trainer@v1.9.4:pkg/controller.v1/
+                # common/job.go CleanupJob; a TrainJob has none). Attaching would fail at once: delete
+                # it and its ConfigMap, wait until they (and its pods) are gone, create them again.
                 log.warning("%s is %s from an earlier attempt: deleting it and its ConfigMap to run it again",
                             self._label(name, ns), "being deleted" if going else status.phase)
                 self.delete(name, ns)
@@ -514,8 +514,10 @@ class JobClient:
                                 .rstrip(": "), failure.get("reason") or "", current)
         now = time.monotonic()
         stuck = watch.update(problems, now)
+        changed = {(p.pod, p.reason) for p in watch.appeared}  # e.g. queueing turned into a fault
         for p in watch.cleared:
-            log.info("%s: %s: %s cleared", label, p.pod, p.reason)
+            if (p.pod, p.reason) not in changed:
+                log.info("%s: %s: %s cleared", label, p.pod, p.reason)
         for p in watch.appeared:
             if p.queued:
                 log.info("%s: %s (waiting for GPUs: queueing, allowed for %s)", label, p.describe(),
