@@ -12,11 +12,14 @@ emulated, and only the endpoints gbcosface.launch.client uses:
   GET              /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...   (equality selectors)
   GET              /api/v1/namespaces/{ns}/pods/{name}          (the stored pod, or a phase only)
   GET              /api/v1/namespaces/{ns}/pods/{name}/log      (tailLines, timestamps, follow)
-  GET              /api/v1/namespaces/{ns}/events               (fieldSelector involvedObject.kind=Pod)
+  GET              /apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs?labelSelector=k=v,...
+  GET              /api/v1/namespaces/{ns}/events               (fieldSelector: equality on involvedObject.kind,
+                                                                 .name, .uid, reason, type)
   GET              /api/v1/namespaces/{ns}/persistentvolumeclaims/{name}
 
 Status codes and bodies follow the API's conventions (201 on create with a uid, 409 AlreadyExists,
-404 NotFound with a Status object). A job's status is driven by the test through `script`; pods
+404 NotFound with a Status object). With `delete_lag` = n, a deleted object stays n more GETs with a
+deletionTimestamp (finalizers, the garbage collector) and a create of its name meanwhile answers 409. A job's status is driven by the test through `script`; pods
 (with the labels the operators set: training.kubeflow.org/job-name for PyTorchJobs,
 jobset.sigs.k8s.io/jobset-name for TrainJobs) and events are put in `pods` and `events`.
 """
@@ -27,6 +30,7 @@ import json
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -51,8 +55,9 @@ def condition(ctype: str, reason: str = "", message: str = "") -> dict[str, Any]
 def pod(name: str, labels: dict[str, str], phase: str = "Pending", container: str = "pytorch",
         waiting: tuple[str, str] | None = None, last_terminated: tuple[str, int] | None = None,
         terminated: tuple[str, int] | None = None, unschedulable: str | None = None, restarts: int = 0,
-        created: str = "2026-11-28T00:00:00Z") -> dict[str, Any]:
-    """A pod object as the API returns it, with the status fields the stuck-pod check reads."""
+        created: str = "2026-11-28T00:00:00Z", scheduled: str | None = None, uid: str | None = None) -> dict[str, Any]:
+    """A pod object as the API returns it, with the status fields the stuck-pod check reads.
+    `scheduled`: the time of PodScheduled=True (the scheduler bound it; spec.nodeName is set)."""
     cs: dict[str, Any] = {"name": container, "ready": False, "restartCount": restarts, "image": "img",
                           "imageID": "", "state": {}}
     if waiting:
@@ -64,20 +69,48 @@ def pod(name: str, labels: dict[str, str], phase: str = "Pending", container: st
     if last_terminated:
         cs["lastState"] = {"terminated": {"reason": last_terminated[0], "exitCode": last_terminated[1]}}
     conditions = []
+    spec: dict[str, Any] = {"containers": [{"name": container, "image": "img"}]}
     if unschedulable is not None:
         conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                           "message": unschedulable})
+                           "message": unschedulable, "lastTransitionTime": created})
+    if scheduled is not None:
+        conditions.append({"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled})
+        spec["nodeName"] = "gpu-node-1"
     status: dict[str, Any] = {"phase": phase, "conditions": conditions}
     if unschedulable is None:
         status["containerStatuses"] = [cs]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels, "creationTimestamp": created},
-            "spec": {"containers": [{"name": container, "image": "img"}]}, "status": status}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "creationTimestamp": created, "uid": uid or f"pod-uid-{name}"},
+            "spec": spec, "status": status}
 
 
-def event(pod_name: str, reason: str, message: str, stamp: str = "2026-11-28T00:00:05Z") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{pod_name}.{reason.lower()}"},
-            "involvedObject": {"kind": "Pod", "name": pod_name}, "reason": reason, "message": message,
-            "type": "Warning", "lastTimestamp": stamp}
+def event(name: str, reason: str, message: str, stamp: str = "2026-11-28T00:00:05Z", *, kind: str = "Pod",
+          uid: str | None = None, type: str = "Warning", new_api: bool = False, count: int = 1,
+          last: str | None = None, component: str = "kubelet") -> dict[str, Any]:
+    """A core/v1 Event about object `name` as the API server returns it, in one of its two shapes:
+    - the legacy recorder's (the kubelet's): firstTimestamp `stamp`, lastTimestamp `last` (or `stamp`),
+      count, eventTime null;
+    - `new_api`: written through events.k8s.io/v1 (kube-scheduler, Trainer v2.3's controller):
+      eventTime `stamp` (microseconds), and once repeated series.count / series.lastObservedTime `last`;
+      firstTimestamp, lastTimestamp and count null.
+    A pod's uid defaults to what `pod()` gives a pod of that name."""
+    obj = {"kind": kind, "name": name, "namespace": "ns1",
+           "uid": uid or (f"pod-uid-{name}" if kind == "Pod" else None)}
+    ev: dict[str, Any] = {"apiVersion": "v1", "kind": "Event",
+                          "metadata": {"name": f"{name}.{zlib.crc32((stamp + message).encode()):08x}",
+                                       "creationTimestamp": stamp.split(".")[0].rstrip("Z") + "Z"},
+                          "involvedObject": {k: v for k, v in obj.items() if v}, "reason": reason,
+                          "message": message, "type": type}
+    if new_api:
+        ev.update({"eventTime": stamp if "." in stamp else stamp.replace("Z", ".000000Z"), "firstTimestamp": None,
+                   "lastTimestamp": None, "reportingComponent": component, "reportingInstance": f"{component}-0",
+                   "action": "Scheduling" if reason == "FailedScheduling" else "Reconciling"})
+        if count > 1:
+            ev["series"] = {"count": count, "lastObservedTime": last or stamp}
+    else:
+        ev.update({"firstTimestamp": stamp, "lastTimestamp": last or stamp, "count": count, "eventTime": None,
+                   "source": {"component": component}})
+    return ev
 
 
 class FakeCluster:
@@ -92,6 +125,8 @@ class FakeCluster:
         self.events: dict[str, list[dict[str, Any]]] = {}  # namespace -> events
         self.pvcs: dict[tuple[str, str], dict[str, Any]] = {}
         self.forbidden: set[str] = set()  # path regexes answered 403 (RBAC the caller lacks)
+        self.delete_lag = 0  # GETs a deleted object stays (with a deletionTimestamp) before it is gone
+        self._dying: dict[tuple[int, tuple[str, str]], int] = {}  # (id(store), key) -> GETs left
         # Log of each pod: list of (timestamp, line). `log_sessions` lets a test end a followed
         # stream early once (a container restart) and serve the rest on the next request.
         self.pod_logs: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -159,9 +194,14 @@ class _Handler(BaseHTTPRequestHandler):
                          and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())]
             return self._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
         if (m := EVENTS.match(url.path)) and method == "GET":
-            kinds = [v.split("=", 1)[1] for v in query.get("fieldSelector", [""])[0].split(",")
-                     if v.startswith("involvedObject.kind=")]
-            items = [e for e in c.events.get(m.group(1), []) if not kinds or e["involvedObject"].get("kind") in kinds]
+            wanted = [v.split("=", 1) for v in query.get("fieldSelector", [""])[0].split(",") if "=" in v]
+
+            def field(e: dict[str, Any], path: str) -> Any:
+                for part in path.split("."):
+                    e = (e or {}).get(part)
+                return e or ""
+
+            items = [e for e in c.events.get(m.group(1), []) if all(field(e, k) == v for k, v in wanted)]
             return self._send(200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items})
         if (m := PVC.match(url.path)) and method == "GET":
             pvc = c.pvcs.get((m.group(1), m.group(2)))
@@ -190,8 +230,16 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._send(409, _status(409, "AlreadyExists", f'{plural} "{key[1]}" already exists'))
                 body["metadata"].setdefault("namespace", ns)
                 body["metadata"]["uid"] = f"uid-{len(c.requests)}"
+                body["metadata"].setdefault("creationTimestamp", "2026-11-28T00:00:00Z")
                 store[key] = body
             return self._send(201, body)
+        if method == "GET" and name is None:
+            query = parse_qs(urlparse(self.path).query)
+            selector = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if "=" in kv)
+            with c.lock:
+                items = [o for (n, _), o in sorted(store.items()) if n == ns
+                         and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())]
+            return self._send(200, {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items})
         key = (ns, name)
         if method == "GET" and name:
             if job:
@@ -201,6 +249,12 @@ class _Handler(BaseHTTPRequestHandler):
                     c.get_job_count += 1
                     n = c.get_job_count
             with c.lock:
+                dying = (id(store), key)
+                if dying in c._dying:
+                    c._dying[dying] -= 1
+                    if c._dying[dying] < 0:
+                        del c._dying[dying]
+                        store.pop(key, None)
                 obj = store.get(key)
             if obj is None:
                 return self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
@@ -220,7 +274,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, obj)
         if method == "DELETE" and name:
             with c.lock:
-                obj = store.pop(key, None)
+                if c.delete_lag and key in store:
+                    obj = store[key]
+                    obj["metadata"].setdefault("deletionTimestamp", "2026-11-28T01:00:00Z")
+                    c._dying.setdefault((id(store), key), c.delete_lag)
+                else:
+                    obj = store.pop(key, None)
             if obj is None:
                 return self._send(404, _status(404, "NotFound", f'{plural} "{name}" not found'))
             return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})

@@ -146,7 +146,9 @@ STUCK = {
                              last_terminated=("Error", 1), restarts=6),
     "OOMKilled": dict(phase="Running", waiting=("CrashLoopBackOff", "back-off 5m0s"),
                       last_terminated=("OOMKilled", 137), restarts=3),
-    "Unschedulable": dict(phase="Pending", unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+    # Not waiting for GPUs (that is queueing, tests/launch/test_job_watch.py): no node can ever fit.
+    "Unschedulable": dict(phase="Pending", unschedulable="0/4 nodes are available: 4 node(s) didn't match "
+                                                          "Pod's node affinity/selector."),
 }
 
 
@@ -174,7 +176,7 @@ def test_a_stuck_pod_fails_the_wait_after_the_grace_with_pod_reason_and_message(
         expected = reason
         message = {"ImagePullBackOff": "Back-off pulling", "ErrImagePull": "manifest unknown",
                    "CrashLoopBackOff": "keeps exiting", "OOMKilled": "OOMKilled (exit 137)",
-                   "Unschedulable": "Insufficient nvidia.com/gpu"}[reason]
+                   "Unschedulable": "node affinity/selector"}[reason]
     start = time.monotonic()
     with pytest.raises(JobStuckError) as info:
         client.wait("gbc-k", timeout_s=30, poll_interval=0.05)

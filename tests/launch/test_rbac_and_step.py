@@ -81,6 +81,41 @@ def test_exit_handler_cleanup_keeps_finished_and_deletes_unfinished_jobs(api, ku
     assert not store and not api.cluster.configmaps
 
 
+def test_the_cluster_step_takes_queue_grace_and_gpu_resource_from_the_profile_and_prunes_old_trainjobs(
+        api, kubeconfig, monkeypatch):
+    from gbcosface.steps.train import _run_cluster
+
+    seen = {}
+    real_init = JobClient.__init__
+
+    def spy(self, *args, **kw):
+        seen.update(kw)
+        real_init(self, *args, **kw)
+
+    monkeypatch.setattr(JobClient, "__init__", spy)
+    profile = parse_cluster_profile("queue_grace_s: 7200\ngpu_resource: amd.com/gpu\ntrainjob_retention_s: 3600")
+    spec = job_spec(name=job_name_for_run(RUN_ID), run_id=RUN_ID, local=False, nnodes=1, nproc_per_node=1,
+                    image="img:1", namespace="team-a", gpus_per_node=1, timeout_s=0, profile=profile)
+    managed = {"app.kubernetes.io/managed-by": "gbcosface"}
+    for name, finished in (("gbc-old", "2020-01-01T00:00:00Z"), ("gbc-future", "2099-01-01T00:00:00Z")):
+        api.cluster.trainjobs[("team-a", name)] = {
+            "metadata": {"name": name, "namespace": "team-a", "labels": managed},
+            "status": {"conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": finished}]}}
+
+    def script(job, n):
+        job["status"] = {"conditions": [{"type": "Complete", "status": "True", "reason": "Done", "message": "",
+                                         "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
+        return job["status"]["conditions"]
+
+    api.cluster.script = script
+    _run_cluster(load_config("demo"), spec, job_kind="trainjob", timeout_s=0,
+                 stuck_pod_grace_s=profile.stuck_pod_grace_s, queue_grace_s=profile.queue_grace_s,
+                 gpu_resource=profile.gpu_resource, trainjob_retention_s=profile.trainjob_retention_s)
+    assert (seen["queue_grace_s"], seen["gpu_resource"]) == (7200.0, "amd.com/gpu")
+    # The old TrainJob is pruned; this run's own (finished "in 2020" too) and the recent one are kept.
+    assert sorted(n for _, n in api.cluster.trainjobs) == sorted(["gbc-future", spec.name])
+
+
 def test_step_job_spec_takes_the_cluster_profile_and_local_runs_drop_cluster_volumes():
     profile = parse_cluster_profile("image_pull_secrets: [regcred]\nnccl_socket_ifname: eth0\nshm_size: 32Gi\n")
     cluster = job_spec(name="gbc-s", run_id=RUN_ID, local=False, nnodes=2, nproc_per_node=8, image="img:1",
@@ -146,6 +181,15 @@ def test_every_request_of_the_launcher_is_allowed_by_the_role(api, kind):
         client.run(rendered, timeout_s=30, poll_interval=0.05)
     assert "Traceback" in info.value.log_tail
     client.cleanup("gbc-r")
+    # A retry of a failed job (delete, wait until gone, create again), the TrainJob's own events, pruning.
+    client.submit(rendered)
+    store = api.cluster.jobs if kind == "pytorchjob" else api.cluster.trainjobs
+    store[("ns1", "gbc-r")]["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "x",
+                                                          "message": "", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
+    del api.cluster.pods[("ns1", name)]  # the garbage collector removed the failed job's pods
+    client.submit(rendered)
+    client.start_failure("gbc-r")
+    client.prune_finished(0)
     rules = _rules()
     seen = {_rbac_request(m, p) for m, p, _ in api.cluster.requests}
     denied = sorted(r for r in seen if not _allowed(rules, *r))

@@ -58,6 +58,9 @@ class JobKind(Protocol):
     kind: str  # "PyTorchJob" | "TrainJob"
     api_version: str
     container_name: str  # the trainer container, whose log is streamed
+    # Optional (read with getattr, default none): reasons of Warning events on the job itself that
+    # mean its operator cannot create its resources (JobClient.start_failure), and `list_jobs(apis,
+    # namespace, label_selector)` + `finished_at(obj)` for kinds without a TTL (JobClient.prune_finished).
 
     def render(self, spec: JobSpec, config: TrainConfig) -> RenderedJob: ...
 

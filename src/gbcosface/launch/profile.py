@@ -55,6 +55,8 @@ class ClusterProfile:
     backoff_limit: int = 3
     ttl_seconds_after_finished: int = 86400
     stuck_pod_grace_s: float = 900.0
+    queue_grace_s: float = 21600.0  # how long pods may wait for busy GPUs ("Insufficient <gpu_resource>")
+    trainjob_retention_s: int | None = 604800  # delete finished TrainJobs after this; null keeps them
     termination_grace_period_seconds: int = 300
 
     def resolved(self, gpus_per_node: int) -> ClusterProfile:
@@ -80,9 +82,10 @@ def _check(key: str, value: Any) -> Any:
     quantities = {"cpu_request", "cpu_limit", "memory_request", "memory_limit", "data_scratch_size", "shm_size"}
     strings = {"gpu_resource", "nccl_socket_ifname", "service_account", "data_pvc", "s3_secret", "priority_class",
                "queue", "trainjob_runtime"}
-    ints = {"backoff_limit", "ttl_seconds_after_finished", "termination_grace_period_seconds"}
+    ints = {"backoff_limit", "ttl_seconds_after_finished", "termination_grace_period_seconds", "trainjob_retention_s"}
     if value is None:
-        if key in quantities | strings - {"gpu_resource", "s3_secret"} or key in ("tolerations", "gang_scheduler"):
+        if key in quantities | strings - {"gpu_resource", "s3_secret"} or key in (
+                "tolerations", "gang_scheduler", "trainjob_retention_s"):
             return None
         raise ProfileError(f"cluster profile key {key!r}: null is not allowed")
     if key in quantities:
@@ -101,7 +104,7 @@ def _check(key: str, value: Any) -> Any:
         if value not in GANG_SCHEDULERS:
             raise ProfileError(f"cluster profile key {key!r}: {value!r} is not one of {', '.join(GANG_SCHEDULERS)}")
         return value
-    if key == "stuck_pod_grace_s":
+    if key in ("stuck_pod_grace_s", "queue_grace_s"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ProfileError(f"cluster profile key {key!r}: expected seconds >= 0, got {value!r}")
         return float(value)

@@ -290,6 +290,9 @@ class TrainJobKind:
     kind = KIND
     api_version = API_VERSION
     container_name = env_contract.CONTAINER_NAME
+    #: The only trace of a JobSet the controller cannot create: a Warning event, no condition
+    #: (kubeflow/trainer@v2.3.0:pkg/controller/trainjob_controller.go Reconcile).
+    fatal_event_reasons = ("TrainJobResourcesCreationFailed",)
 
     def render(self, spec: JobSpec, config: TrainConfig) -> RenderedJob:
         return render_trainjob(spec, config)
@@ -360,6 +363,21 @@ class TrainJobKind:
         return JobStatus(name=meta.get("name", ""), namespace=meta.get("namespace", ""), kind=KIND, phase=phase,
                          succeeded=phase == "Complete", failed=phase == "Failed", conditions=conditions,
                          replica_statuses=jobs, uid=meta.get("uid"))
+
+    def list_jobs(self, apis: Any, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        resp = apis.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                        label_selector=label_selector,
+                                                        _request_timeout=apis.request_timeout)
+        return list(resp.get("items") or [])
+
+    def finished_at(self, obj: Mapping[str, Any]) -> str | None:
+        """When the TrainJob finished: the lastTransitionTime of its Complete or Failed condition
+        (copied from the JobSet's, whose TTL counts from the same time: kubernetes-sigs/jobset@v0.12.0
+        pkg/controllers/ttl_after_finished.go jobSetFinishTime); None while it runs."""
+        for c in (obj.get("status") or {}).get("conditions") or []:
+            if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
+                return c.get("lastTransitionTime")
+        return None
 
     def pod_selector(self, name: str) -> str:
         return f"{env_contract.JOBSET_NAME_LABEL}={name}"

@@ -100,7 +100,9 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
         _run_local(cfg, spec, job_kind=job_kind, launcher=launcher, work_dir=work_dir)
         image_ref = f"local-emulation ({trainer_image})" if trainer_image else "local-emulation"
     else:
-        _run_cluster(cfg, spec, job_kind=job_kind, timeout_s=timeout_s, stuck_pod_grace_s=profile.stuck_pod_grace_s)
+        _run_cluster(cfg, spec, job_kind=job_kind, timeout_s=timeout_s, stuck_pod_grace_s=profile.stuck_pod_grace_s,
+                     queue_grace_s=profile.queue_grace_s, gpu_resource=profile.gpu_resource,
+                     trainjob_retention_s=profile.trainjob_retention_s)
         image_ref = trainer_image
 
     out = Path(model_dir)
@@ -179,13 +181,19 @@ def _run_local(cfg: TrainConfig, spec: JobSpec, *, job_kind: str, launcher: str,
              result.log_dir)
 
 
-def _run_cluster(cfg: TrainConfig, spec: JobSpec, *, job_kind: str, timeout_s: int, stuck_pod_grace_s: float) -> None:
-    from gbcosface.launch.client import JobClient, default_sink
+def _run_cluster(cfg: TrainConfig, spec: JobSpec, *, job_kind: str, timeout_s: int, stuck_pod_grace_s: float,
+                 queue_grace_s: float | None = None, gpu_resource: str = "nvidia.com/gpu",
+                 trainjob_retention_s: int | None = None) -> None:
+    from gbcosface.launch.client import DEFAULT_QUEUE_GRACE_S, JobClient, default_sink
     from gbcosface.launch.kinds import get_job_kind
 
     kind = get_job_kind(job_kind)
     rendered = kind.render(spec, cfg)
-    client = JobClient(namespace=spec.namespace, kind=kind, stuck_pod_grace_s=stuck_pod_grace_s)
+    client = JobClient(namespace=spec.namespace, kind=kind, stuck_pod_grace_s=stuck_pod_grace_s,
+                       queue_grace_s=DEFAULT_QUEUE_GRACE_S if queue_grace_s is None else queue_grace_s,
+                       gpu_resource=gpu_resource)
+    # Finished TrainJobs of earlier runs have no TTL (Trainer v2.3): prune them, never this run's own.
+    client.prune_finished(trainjob_retention_s, spec.namespace, keep=spec.name)
     status = client.run(rendered, timeout_s=timeout_s or DEFAULT_TIMEOUT_S, log_sink=default_sink(spec.name))
     log.info("%s", status.describe())
 
