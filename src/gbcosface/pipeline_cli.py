@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gbcosface.yaml_safe import load_yaml, read_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise SystemExit(f"--param {pair!r}: expected name=value")
         name, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw, f"--param {pair!r}") if raw else ""
         params[name.strip()] = value if value is not None else ""
     return params
 
@@ -69,7 +69,7 @@ def compile_pipeline(out: str | Path, image: str | None = None, image_pull_secre
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.yaml")
     compiler.Compiler().compile(module.build_pipeline(options), package_path=str(tmp))
-    found = problems(next(yaml.safe_load_all(tmp.read_text())))
+    found = problems(read_yaml_file(tmp, all_documents=True)[0])
     if found:
         tmp.unlink()
         raise SystemExit("the compiled pipeline breaks rules of a real KFP backend:\n  " + "\n  ".join(found))

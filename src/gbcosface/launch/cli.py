@@ -215,12 +215,12 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _local_from_manifest(args: argparse.Namespace) -> Any:
     """Plan the emulation of a rendered manifest (`gbcosface job render` output): its kind decides."""
-    import yaml
+    from gbcosface.yaml_safe import read_yaml_file
 
     from .kinds import get_job_kind
     from .local import run_plan
 
-    docs = [d for d in yaml.safe_load_all(Path(args.job).read_text()) if d]
+    docs = [d for d in read_yaml_file(args.job, all_documents=True) if d]
     configmaps = [d for d in docs if d.get("kind") == "ConfigMap"]
     jobs = [d for d in docs if d.get("kind") in ("PyTorchJob", "TrainJob")]
     if len(jobs) != 1 or len(configmaps) != 1:

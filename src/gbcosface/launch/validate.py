@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
+
+from gbcosface.yaml_safe import read_yaml_file
 
 from . import contract
 from .names import is_dns1035_label
@@ -45,7 +46,7 @@ class JobValidationError(ValueError):
 
 def load_crd_schema(path: str | Path, version: str = "v1") -> dict[str, Any]:
     """The openAPIV3Schema of `version` from a CRD YAML file."""
-    crd = yaml.safe_load(Path(path).read_text())
+    crd = read_yaml_file(path)
     for ver in crd["spec"]["versions"]:
         if ver["name"] == version:
             return ver["schema"]["openAPIV3Schema"]
