@@ -84,5 +84,5 @@ def test_an_override_with_a_bomb_is_refused():
 
 def test_a_cluster_profile_with_a_bomb_in_toleration_values_is_refused():
     profile = bomb() + "tolerations:\n  - key: x\n    operator: Equal\n    value: *a9\n"
-    with pytest.raises(ProfileError, match=r"cluster profile: the document expands to more than"):
+    with pytest.raises(ProfileError, match=r"cluster profile is not valid YAML: cluster profile: the document expands to more than"):
         parse_cluster_profile(profile)

@@ -126,7 +126,7 @@ def parse_cluster_profile(text: str) -> ClusterProfile:
     try:
         data = load_yaml(text or "", "cluster profile")  # bounded: size and alias expansion
     except YAMLInputError as exc:
-        raise ProfileError(str(exc)) from None
+        raise ProfileError(f"cluster profile is not valid YAML: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
