@@ -312,7 +312,7 @@ def test_cli_upload_and_stage(
         ]
     )
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith("error: ") and "small/s000.bin" in err and "expected manifest" in err
+    assert rc == 5 and err.startswith("error: ") and "small/s000.bin" in err and "expected manifest" in err
     with pytest.raises(SystemExit):
         _run_cli(["stage", "--src", uri, "--dest", "x", "--workers", "0"])
 

@@ -148,15 +148,24 @@ def _rendered(args: argparse.Namespace) -> Any:
 def _render(args: argparse.Namespace) -> int:
     try:
         text = _rendered(args).to_yaml()
-    except ValueError as exc:  # ConfigError, a bad JobSpec, JobValidationError: say what, no traceback
-        print(f"gbcosface job render: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # ConfigError, a bad JobSpec, JobValidationError: one line, no traceback
+        return _refused("render", exc, args)
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text)
         log.info("wrote %s", args.output)
     return 0
+
+
+def _refused(verb: str, exc: ValueError, args: argparse.Namespace) -> int:
+    """One line naming the problem (the config file, the key, the field); the exit code of its class."""
+    from gbcosface.errors import EXIT_CONFIG, exit_code_for, one_line
+
+    if getattr(args, "verbose", False):
+        log.debug("job %s refused", verb, exc_info=exc)
+    print(f"gbcosface job {verb}: {one_line(exc)}", file=sys.stderr)
+    return exit_code_for(exc) or EXIT_CONFIG
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -184,8 +193,7 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         rendered = _rendered(args)
     except ValueError as exc:
-        print(f"gbcosface job submit: {exc}", file=sys.stderr)
-        return 2
+        return _refused("submit", exc, args)
     client = _client(args)
     if args.wait:
         return _report(lambda: client.run(rendered, args.timeout, poll_interval=args.poll, stream_logs=args.follow))

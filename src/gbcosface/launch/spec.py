@@ -39,6 +39,10 @@ _QUANTITY = re.compile(
 )
 
 
+class JobSpecError(ValueError):
+    """A JobSpec that cannot be rendered; the message names every problem."""
+
+
 def is_quantity(value: object) -> bool:
     return _QUANTITY.fullmatch(str(value)) is not None
 
@@ -150,7 +154,7 @@ class JobSpec:
 
         problems += spec_value_errors(self)
         if problems:
-            raise ValueError(f"job {self.name!r}: " + "; ".join(problems))
+            raise JobSpecError(f"job {self.name!r}: " + "; ".join(problems))
 
 
 @dataclass
