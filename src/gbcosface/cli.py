@@ -4,7 +4,7 @@ Why a registry of modules: the verbs live beside the logic they drive (data, tra
 launch, pipeline), and this file only assembles them. Errors are handled here once: the project's
 error types become one line `error: ...` and an exit code per class (`gbcosface.errors`); the
 traceback is shown only with `-v`. `-v` makes the project's loggers DEBUG but keeps third-party ones
-(botocore logs request headers, credentials included) at INFO, and every log line passes a
+(botocore logs request headers, credentials included) at WARNING, and every log line passes a
 redacting formatter.
 """
 
@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Loggers of libraries that stay at INFO under `-v`: their DEBUG output carries request headers
-#: (botocore logs the session token and the access key id) or floods the log.
+#: Loggers of libraries kept at WARNING, with or without `-v`: their DEBUG output carries request headers
+#: (botocore logs the session token and the access key id) and their INFO lines are noise on a
+#: command's stderr ("Found credentials in environment variables").
 QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "kubernetes", "filelock", "fsspec", "asyncio")
 
 
@@ -75,7 +76,7 @@ def setup_logging(verbose: bool) -> None:
         fmt = handler.formatter
         handler.setFormatter(RedactingFormatter(fmt._fmt if fmt else None, fmt.datefmt if fmt else None))
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
