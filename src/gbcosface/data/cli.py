@@ -120,8 +120,12 @@ def summarize(train_dir: Path) -> dict:
     else:
         labels = np.empty(layout.image_keys.size, dtype=np.int64)
         for i, key in enumerate(layout.image_keys.tolist()):
-            head, _ = unpack(reader.read(key), f"{reader.rec_path} (key {key})")
-            labels[i] = int(header_label(head))
+            where = f"{reader.rec_path} (key {key})"
+            head, _ = unpack(reader.read(key), where)
+            label = header_label(head)
+            if not np.isfinite(label) or label != round(label) or not 0 <= label < num_classes:
+                raise DataFormatError(f"{where}: label {label} is not a class id in [0, {num_classes})")
+            labels[i] = int(label)
         per_id = np.bincount(labels, minlength=num_classes) if labels.size and labels.min() >= 0 else labels
     summary = {
         "dir": str(train_dir),
