@@ -168,7 +168,7 @@ def test_malformed_meta_line_names_file_and_line(tmp_path, ijb, tiny_backbone, c
     tid.write_text("\n".join(lines) + "\n")
     rc = main(["eval-ijb", "--model-prefix", str(tiny_backbone), "--image-path", str(root), "--result-dir",
                str(tmp_path / "out"), "--no-cache", "--workers", "0"])
-    assert rc == 2
+    assert rc == 4
     assert f"{tid}:5:" in capsys.readouterr().err
 
 
