@@ -121,7 +121,7 @@ def _parse_numeric(path: Path, text: str, ncols: int, dtype, what: str, line_off
             if not field_re.fullmatch(f):
                 raise DataFormatError(f"{path}:{i + 1}: expected {what}, got non-numeric field {clip(f, 40)} in "
                                       f"{clip(row)}")
-            if integer and not -(1 << 63) <= int(f) < 1 << 63:
+            if integer and (len(f) > 20 or not -(1 << 63) <= int(f) < 1 << 63):
                 raise DataFormatError(f"{path}:{i + 1}: expected {what}, got {clip(f, 40)}, which does not fit in "
                                       f"64 bits, in {clip(row)}")
     raise DataFormatError(f"{path}: could not parse as {what}")  # pragma: no cover - loadtxt and the check disagree
