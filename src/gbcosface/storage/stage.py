@@ -259,16 +259,23 @@ def _check_dest(dest: Path, keys: list[str], loc: Location) -> None:
     if not os.access(dest, os.W_OK | os.X_OK):
         raise StorageError(f"{dest}: is not writable; cannot stage into it")
     area = [f"{STAGING_DIR}/{name}" for name in ("partial/x", "lock", "journal.jsonl")]
+    checked: set[str] = set()
     for key in [*area, *keys]:
-        _refuse_symlinks(dest, key)
+        _refuse_symlinks(dest, key, checked)
 
 
-def _refuse_symlinks(dest: Path, key: str) -> None:
+def _refuse_symlinks(dest: Path, key: str, checked: set[str]) -> None:
     """A symlink already in DEST on the way to KEY (a parent directory, or the file itself) would make
-    the stage write (or reuse) a file outside DEST: refuse it, naming the link."""
+    the stage write (or reuse) a file outside DEST: refuse it, naming the link. `checked` holds the
+    relative directories already seen (a dataset of 10^6 files has few directories)."""
     path = dest
-    for part in key.split("/"):
+    parts = key.split("/")
+    for i, part in enumerate(parts):
         path = path / part
+        rel = "/".join(parts[: i + 1])
+        if i < len(parts) - 1 and rel in checked:
+            continue
+        checked.add(rel)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
