@@ -115,7 +115,7 @@ def test_render_a_trainjob_with_the_same_flags(tmp_path):
     assert main(["job", "render", "--kind", "trainjob", "--config", "demo", "--name", "gbc-x", "--image", "i",
                  "--elastic-min", "1", "--elastic-max", "2"]) == 3
     assert main(["job", "render", "--kind", "trainjob", "--config", "demo", "--name", "gbc-x", "--image", "i",
-                 "--env", "PET_NNODES=3"]) == 2
+                 "--env", "PET_NNODES=3"]) == 3
 
 
 @pytest.mark.integration  # starts real processes
