@@ -20,6 +20,9 @@ from typing import Any
 
 import yaml
 
+from gbcosface.yaml_safe import YAMLInputError, read_yaml_file
+from gbcosface.yaml_safe import load_yaml as load_yaml_text
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the file and the key."""
@@ -245,9 +248,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: {exc}") from None
+        value = load_yaml_text(raw, f"override {text!r}") if raw != "" else ""
+    except YAMLInputError as exc:
+        raise ConfigError(str(exc)) from None
     return key.strip().split("."), value
 
 
@@ -266,15 +269,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        data = read_yaml_file(path)  # bounded: size, alias expansion, UTF-8
+    except YAMLInputError as exc:
+        raise ConfigError(str(exc)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gbcosface.yaml_safe import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise SystemExit(f"--param {pair!r}: expected name=value")
         name, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw, f"--param {pair!r}") if raw else ""
         params[name.strip()] = value if value is not None else ""
     return params
 

@@ -55,14 +55,14 @@ def test_pack_then_read_and_inspect(tmp_path, make_jpeg, capsys):
     assert "images:          7" in text and "min 2  median 2.0  mean 2.333  max 3" in text
 
 
-def test_pack_rejects_wrong_size_and_keeps_nothing(tmp_path, make_jpeg, caplog):
+def test_pack_rejects_wrong_size_and_keeps_nothing(tmp_path, make_jpeg, capsys):
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     (src / "a" / "0.jpg").write_bytes(make_jpeg(0))
     (src / "a" / "1.jpg").write_bytes(make_jpeg(1, size=100))
     out = tmp_path / "out"
-    assert main(["data", "pack", "--src", str(src), "--out", str(out)]) == 1
-    assert "a/1.jpg: image is 100x100, expected 112x112" in caplog.text
+    assert main(["data", "pack", "--src", str(src), "--out", str(out)]) == 4
+    assert "a/1.jpg: image is 100x100, expected 112x112" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -77,6 +77,6 @@ def test_inspect_without_header(tmp_path, make_jpeg, capsys):
     assert s["images_per_identity"] == {"min": 0, "median": 1.0, "mean": 1.25, "max": 3}
 
 
-def test_inspect_bad_set_reports_file(tmp_path, caplog):
-    assert main(["data", "inspect", str(tmp_path)]) == 1
-    assert "property file not found" in caplog.text
+def test_inspect_bad_set_reports_file(tmp_path, capsys):
+    assert main(["data", "inspect", str(tmp_path)]) == 4
+    assert "property file not found" in capsys.readouterr().err

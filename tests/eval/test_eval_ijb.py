@@ -155,7 +155,7 @@ def test_features_file_count_mismatch_via_cli(tmp_path, ijb, capsys):
     np.save(bad, np.zeros((n + 3, 8), np.float32))
     capsys.readouterr()
     assert main(["eval-ijb", "--features", str(bad), "--image-path", str(root), "--result-dir",
-                 str(tmp_path / "bad"), "--no-cache"]) == 2
+                 str(tmp_path / "bad"), "--no-cache"]) == 4
     err = capsys.readouterr().err
     assert f"short.npy: {n + 3} feature rows but" in err and f"lists {n} images" in err
 
@@ -168,7 +168,7 @@ def test_malformed_meta_line_names_file_and_line(tmp_path, ijb, tiny_backbone, c
     tid.write_text("\n".join(lines) + "\n")
     rc = main(["eval-ijb", "--model-prefix", str(tiny_backbone), "--image-path", str(root), "--result-dir",
                str(tmp_path / "out"), "--no-cache", "--workers", "0"])
-    assert rc == 2
+    assert rc == 4
     assert f"{tid}:5:" in capsys.readouterr().err
 
 
@@ -180,7 +180,7 @@ def test_pair_naming_unknown_template_is_a_clear_error(tmp_path, ijb, tiny_backb
     pairs.write_text("\n".join(lines) + "\n")
     rc = main(["eval-ijb", "--model-prefix", str(tiny_backbone), "--image-path", str(root), "--result-dir",
                str(tmp_path / "out"), "--no-cache", "--workers", "0"])
-    assert rc == 2
+    assert rc == 4
     err = capsys.readouterr().err
     assert f"{pairs}:3:" in err and "999999" in err
 
@@ -201,7 +201,7 @@ def test_missing_image_fails_unless_skipped(tmp_path, make_ijb, tiny_backbone, c
     args = ["eval-ijb", "--model-prefix", str(tiny_backbone), "--image-path", str(root), "--target", "IJBB",
             "--no-cache", "--workers", "0", "--batch-size", "5"]
     rc = main(args + ["--result-dir", str(tmp_path / "strict")])
-    assert rc == 2
+    assert rc == 4
     err = capsys.readouterr().err
     assert str(root / "loose_crop" / fields["images"][gone[0]]) in err and f"{len(gone)} of" in err
     assert not (tmp_path / "strict" / "metrics.json").exists()

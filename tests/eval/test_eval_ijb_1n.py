@@ -133,7 +133,7 @@ def test_1n_only_uses_no_pair_file_and_checks_1n_meta_before_embedding(tmp_path,
     n_lines = len(probe.read_text().splitlines())
     rc = main(["eval-ijb", "--model-prefix", str(tiny_backbone), "--image-path", str(root), "--protocol", "1N",
                "--result-dir", str(tmp_path / "b"), "--no-cache", "--workers", "0"])
-    assert rc == 2
+    assert rc == 4
     err = capsys.readouterr().err
     assert f"{probe}:{n_lines}: template 999999 has no image" in err
 

@@ -43,6 +43,6 @@ def test_export_of_a_bad_file_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "backbone.pth"
     bad.write_bytes(b"not a checkpoint")
     assert main(["export", "--model-prefix", str(bad), "--onnx", str(tmp_path / "x.onnx"),
-                 "--backbone_type", "iresnet18"]) == 2
+                 "--backbone_type", "iresnet18"]) == 4
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()

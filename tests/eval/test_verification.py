@@ -163,5 +163,5 @@ def test_eval_bin_cli_missing_set_is_a_clear_error(tmp_path, tiny_backbone, caps
     from gbcosface.cli import main
 
     rc = main(["eval-bin", "--model-prefix", str(tiny_backbone), "--data-dir", str(tmp_path), "--targets", "cfp_fp"])
-    assert rc == 2
+    assert rc == 4  # DataFormatError (gbcosface.errors)
     assert "cfp_fp.bin" in capsys.readouterr().err

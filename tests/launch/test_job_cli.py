@@ -40,9 +40,9 @@ def test_render_names_the_job_from_a_run_id(capsys):
 
 
 def test_render_reports_bad_input_without_a_traceback(capsys):
-    assert main(["job", "render", "--config", "demo", "--name", "gbc-x", "--image", "i", "--nnodes", "0"]) == 2
+    assert main(["job", "render", "--config", "demo", "--name", "gbc-x", "--image", "i", "--nnodes", "0"]) == 3
     assert "nnodes must be >= 1" in capsys.readouterr().err
-    assert main(["job", "render", "--config", "demo", "--name", "gbc-x", "--image", "i", "nope.key=1"]) == 2
+    assert main(["job", "render", "--config", "demo", "--name", "gbc-x", "--image", "i", "nope.key=1"]) == 3
     assert "unknown key" in capsys.readouterr().err
 
 
@@ -113,9 +113,9 @@ def test_render_a_trainjob_with_the_same_flags(tmp_path):
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     # A setting a TrainJob cannot express is an error naming it, and the CRD check uses the kind's CRD.
     assert main(["job", "render", "--kind", "trainjob", "--config", "demo", "--name", "gbc-x", "--image", "i",
-                 "--elastic-min", "1", "--elastic-max", "2"]) == 2
+                 "--elastic-min", "1", "--elastic-max", "2"]) == 3
     assert main(["job", "render", "--kind", "trainjob", "--config", "demo", "--name", "gbc-x", "--image", "i",
-                 "--env", "PET_NNODES=3"]) == 2
+                 "--env", "PET_NNODES=3"]) == 3
 
 
 @pytest.mark.integration  # starts real processes

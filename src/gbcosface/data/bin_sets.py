@@ -65,23 +65,56 @@ for _mod in ("builtins", "__builtin__"):
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Admits only the globals in `_ALLOWED`; the file name goes into every refusal."""
+    """Admits only the globals in `_ALLOWED`; the file name goes into every refusal.
 
-    def __init__(self, file, path: str = "<pickle>", **kwargs):
+    Allocations are bounded too: `bytes(10**15)`, `bytearray(n)` or an ndarray of shape (10**15,) take a
+    few bytes to ask for, so a size argument larger than `max_bytes` (the file's size: real data is
+    always in the file) is refused before anything is allocated.
+    """
+
+    def __init__(self, file, path: str = "<pickle>", max_bytes: int | None = None, **kwargs):
         super().__init__(file, **kwargs)
         self._path = path
+        self._max_bytes = max_bytes
 
     def find_class(self, module: str, name: str):
         key = (module, name)
-        if key in _ALLOWED:
-            return _ALLOWED[key]
-        raise UnsafePickleError(f"{self._path}: refusing to load global {module}.{name} (not a plain data type)")
+        if key not in _ALLOWED:
+            raise UnsafePickleError(f"{self._path}: refusing to load global {module}.{name} (not a plain data type)")
+        obj = _ALLOWED[key]
+        if self._max_bytes is None:
+            return obj
+        if obj is _NP_RECONSTRUCT:
+            return self._bounded_reconstruct
+        if obj in (bytes, bytearray):
+            return lambda *args, _cls=obj: _cls(*self._bounded_args(args, f"{module}.{name}"))
+        return obj
+
+    def _bounded_args(self, args: tuple, what: str) -> tuple:
+        if args and isinstance(args[0], int) and args[0] > self._max_bytes:
+            raise UnsafePickleError(
+                f"{self._path}: {what}({args[0]:,}) asks for more bytes than the file holds ({self._max_bytes:,})")
+        return args
+
+    def _bounded_reconstruct(self, cls, shape, dtype_code):
+        try:
+            count = 1
+            for n in shape if isinstance(shape, tuple | list) else (shape,):
+                count *= int(n)
+        except (TypeError, ValueError):
+            raise UnsafePickleError(f"{self._path}: an array with shape {shape!r}") from None
+        if count > self._max_bytes:
+            raise UnsafePickleError(
+                f"{self._path}: an array of {count:,} elements is more than the file holds ({self._max_bytes:,} bytes)")
+        return _NP_RECONSTRUCT(cls, shape, dtype_code)
 
 
 def restricted_load(data: bytes, path: str = "<pickle>"):
     """Unpickle `data` with `RestrictedUnpickler`; `encoding='bytes'` keeps Python 2 str as bytes."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), path=path, encoding="bytes").load()
+        return RestrictedUnpickler(io.BytesIO(data), path=path, max_bytes=len(data), encoding="bytes").load()
+    except MemoryError:
+        raise DataFormatError(f"{path}: asks for more memory than this machine has; not a valid .bin pickle") from None
     except UnsafePickleError as exc:
         msg = str(exc)
         raise DataFormatError(msg if msg.startswith(path) else f"{path}: {msg}") from None

@@ -101,11 +101,7 @@ def pack_folder(src: Path, out: Path, image_size: int = 112, quality: int = 95) 
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    try:
-        result = pack_folder(args.src, args.out, args.image_size, args.quality)
-    except DataFormatError as exc:
-        log.error("%s", exc)
-        return 1
+    result = pack_folder(args.src, args.out, args.image_size, args.quality)  # errors: gbcosface.cli
     print(f"packed {result['images']} images of {result['identities']} identities into {args.out}")
     return 0
 
@@ -124,8 +120,12 @@ def summarize(train_dir: Path) -> dict:
     else:
         labels = np.empty(layout.image_keys.size, dtype=np.int64)
         for i, key in enumerate(layout.image_keys.tolist()):
-            head, _ = unpack(reader.read(key), f"{reader.rec_path} (key {key})")
-            labels[i] = int(header_label(head))
+            where = f"{reader.rec_path} (key {key})"
+            head, _ = unpack(reader.read(key), where)
+            label = header_label(head)
+            if not np.isfinite(label) or label != round(label) or not 0 <= label < num_classes:
+                raise DataFormatError(f"{where}: label {label} is not a class id in [0, {num_classes})")
+            labels[i] = int(label)
         per_id = np.bincount(labels, minlength=num_classes) if labels.size and labels.min() >= 0 else labels
     summary = {
         "dir": str(train_dir),
@@ -172,13 +172,9 @@ def write_sample_grid(train_dir: Path, out_png: Path, count: int = 64, per_row: 
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    try:
-        summary = summarize(args.dir)
-        if args.sample_out:
-            summary["sample_grid"] = {"path": str(args.sample_out), "images": write_sample_grid(args.dir, args.sample_out, args.samples)}
-    except DataFormatError as exc:
-        log.error("%s", exc)
-        return 1
+    summary = summarize(args.dir)  # a DataFormatError reaches gbcosface.cli: one line, its exit code
+    if args.sample_out:
+        summary["sample_grid"] = {"path": str(args.sample_out), "images": write_sample_grid(args.dir, args.sample_out, args.samples)}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,13 @@ import numpy as np
 
 from gbcosface.data.align import align_face
 from gbcosface.data.errors import DataFormatError
+from gbcosface.errors import clip
 
 TARGETS = ("ijbb", "ijbc")
+# What loadtxt accepts per field (Python's int()/float() also take '1_000' and ids past int64, which
+# loadtxt refuses: the line-by-line pass must refuse the same fields to name the line).
+_INT_FIELD = re.compile(r"[+-]?[0-9]+")
+_FLOAT_FIELD = re.compile(r"(?i)[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?|nan|inf|infinity)")
 
 
 @dataclass
@@ -57,7 +63,10 @@ def meta_paths(root: str | os.PathLike, target: str) -> tuple[Path, Path, Path]:
 
 
 def image_path(root: str | os.PathLike, name: str) -> Path:
-    """Where image `name` lives: `root/loose_crop/name`."""
+    """Where image `name` lives: `root/loose_crop/name` (a name that would lead outside is refused)."""
+    problem = _unsafe_name(name)
+    if problem:
+        raise DataFormatError(f"{Path(root) / 'loose_crop'}: image name {clip(name)} {problem}; refusing it")
     return Path(root) / "loose_crop" / name
 
 
@@ -99,17 +108,22 @@ def _parse_numeric(path: Path, text: str, ncols: int, dtype, what: str, line_off
         arr = None
     if arr is not None and arr.shape == (nrows, ncols):
         return arr
-    conv = int if np.issubdtype(dtype, np.integer) else float
+    integer = np.issubdtype(dtype, np.integer)
+    field_re = _INT_FIELD if integer else _FLOAT_FIELD
     for i, row in enumerate(text.split("\n")):
         fields = row.split()
         if len(fields) != ncols:
             raise DataFormatError(
-                f"{path}:{i + 1}: expected {what} ({ncols + line_offset} fields), got {len(fields) + line_offset}: {row!r}"
+                f"{path}:{i + 1}: expected {what} ({ncols + line_offset} fields), got {len(fields) + line_offset}: "
+                f"{clip(row)}"
             )
-        try:
-            [conv(f) for f in fields]
-        except ValueError:
-            raise DataFormatError(f"{path}:{i + 1}: expected {what}, got non-numeric field in {row!r}") from None
+        for f in fields:
+            if not field_re.fullmatch(f):
+                raise DataFormatError(f"{path}:{i + 1}: expected {what}, got non-numeric field {clip(f, 40)} in "
+                                      f"{clip(row)}")
+            if integer and (len(f) > 20 or not -(1 << 63) <= int(f) < 1 << 63):
+                raise DataFormatError(f"{path}:{i + 1}: expected {what}, got {clip(f, 40)}, which does not fit in "
+                                      f"64 bits, in {clip(row)}")
     raise DataFormatError(f"{path}: could not parse as {what}")  # pragma: no cover - loadtxt and the check disagree
 
 
@@ -133,7 +147,17 @@ def read_ijb_meta(root: str | os.PathLike, target: str, pairs: bool = True) -> I
         raise DataFormatError(f"{pts_path}: {len(pts_names)} lines but {tid_path} has {len(images)} (they must match)")
     if pts_names != images:
         i = next(i for i, (a, b) in enumerate(zip(images, pts_names, strict=True)) if a != b)
-        raise DataFormatError(f"{pts_path}:{i + 1}: image {pts_names[i]!r} but {tid_path}:{i + 1} has {images[i]!r}")
+        raise DataFormatError(
+            f"{pts_path}:{i + 1}: image {clip(pts_names[i])} but {tid_path}:{i + 1} has {clip(images[i])}")
+    for i, name in enumerate(images):
+        problem = _unsafe_name(name)
+        if problem:
+            raise DataFormatError(f"{tid_path}:{i + 1}: image name {clip(name)} {problem}; refusing it")
+    bad = np.flatnonzero(~np.isfinite(pts).all(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        raise DataFormatError(f"{pts_path}:{i + 1}: landmarks and score of {clip(images[i])} must be finite numbers, "
+                              f"got {pts[i].tolist()}")
     if not pairs:
         return IJBMeta(images=images, templates=tm[:, 0].copy(), medias=tm[:, 1].copy(),
                        landmarks=pts[:, :10].astype(np.float32).reshape(-1, 5, 2),
@@ -159,6 +183,19 @@ def read_ijb_meta(root: str | os.PathLike, target: str, pairs: bool = True) -> I
         pair_t2=pairs[:, 1].copy(),
         pair_label=pairs[:, 2].copy(),
     )
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why an image name from a meta file cannot be opened under `ROOT/loose_crop/`, or None.
+
+    The meta files come with a downloaded dataset: a name such as `/etc/passwd` or `../../x` must not
+    make the evaluator open a file outside the dataset root.
+    """
+    if name.startswith("/") or "\\" in name or "\x00" in name or re.match(r"[A-Za-z]:", name):
+        return "is an absolute path (names are relative to loose_crop/)"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "has an empty, '.' or '..' path segment (it would lead outside loose_crop/)"
+    return None
 
 
 def _member(values: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gbcosface.data.errors import DataFormatError
+from gbcosface.errors import clip
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -33,6 +34,9 @@ _LEN_BITS = 29
 _LEN_MASK = (1 << _LEN_BITS) - 1
 MAX_RECORD_BYTES = (1 << _LEN_BITS) - 1  # dmlc refuses records of 2^29 bytes or more
 
+_INT64_MAX = (1 << 63) - 1
+#: Header and identity labels are float32: integers above 2^24 are not exact there (write_face_rec refuses them).
+MAX_LABEL_KEY = 1 << 24
 _IR = struct.Struct("<IfQQ")  # flag, label, id, id2: 24 bytes
 IR_SIZE = _IR.size
 
@@ -198,13 +202,15 @@ def _parse_idx_slow(text: str, idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
             continue
         fields = line.split()
         if len(fields) != 2:
-            raise DataFormatError(f"{idx_path}:{lineno}: expected 'key<TAB>offset', got {line!r}")
+            raise DataFormatError(f"{idx_path}:{lineno}: expected 'key<TAB>offset', got {clip(line, 80)}")
         try:
             key, off = int(fields[0]), int(fields[1])
         except ValueError:
-            raise DataFormatError(f"{idx_path}:{lineno}: key and offset must be integers, got {line!r}") from None
+            raise DataFormatError(f"{idx_path}:{lineno}: key and offset must be integers, got {clip(line, 80)}") from None
         if off < 0:
             raise DataFormatError(f"{idx_path}:{lineno}: negative offset {off}")
+        if not (-_INT64_MAX <= key < _INT64_MAX and off < _INT64_MAX):
+            raise DataFormatError(f"{idx_path}:{lineno}: key or offset does not fit in 64 bits, got {clip(line, 80)}")
         keys.append(key)
         offsets.append(off)
     return np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
@@ -234,7 +240,8 @@ def read_idx(idx_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             flat = None
         if flat is not None and flat.size == 2 * nlines:
             pairs = flat.reshape(nlines, 2)
-            if (pairs[:, 1] >= 0).all():
+            # np.fromstring saturates out-of-range numbers at the int64 limits: those go to the slow path.
+            if (pairs[:, 1] >= 0).all() and not (np.abs(pairs) >= _INT64_MAX).any():
                 return pairs[:, 0].copy(), pairs[:, 1].copy()
     return _parse_idx_slow(text, idx_path)
 
@@ -264,7 +271,8 @@ class IndexedRecordReader:
         except FileNotFoundError:
             raise DataFormatError(f"{self.rec_path}: record file not found") from None
         self._build_lookup()
-        bad = np.nonzero(self._offsets + 8 > self._size)[0]
+        # `offsets > size - 8`, not `offsets + 8 > size`: an offset near 2^63 must not wrap around.
+        bad = np.nonzero(self._offsets > self._size - 8)[0]
         if bad.size:
             i = int(bad[0])
             raise DataFormatError(
@@ -496,11 +504,13 @@ def read_face_layout(reader: IndexedRecordReader) -> FaceLayout:
     if head.flag == 0:
         return FaceLayout(reader.keys.copy(), False, None, None)
     labels = np.asarray(head.label, dtype=np.float64).ravel()
-    if labels.size < 2 or not np.all(labels[:2] == np.round(labels[:2])):
-        raise DataFormatError(f"{where}: header record labels must be (N+1, N+1+C) integers, got {labels.tolist()}")
+    if labels.size < 2 or not _whole(labels[:2]):
+        raise DataFormatError(
+            f"{where}: header record labels must be (N+1, N+1+C) integers, got {labels[:2].tolist()}")
     first_id, end_id = int(labels[0]), int(labels[1])
     if first_id < 1 or end_id < first_id:
         raise DataFormatError(f"{where}: header record labels ({first_id}, {end_id}) are not a valid (N+1, N+1+C)")
+
     image_keys = np.arange(1, first_id, dtype=np.int64)
     id_keys = np.arange(first_id, end_id, dtype=np.int64)
     for kind, keys in (("image", image_keys), ("identity", id_keys)):
@@ -523,8 +533,19 @@ def read_face_layout(reader: IndexedRecordReader) -> FaceLayout:
         lab = np.asarray(h.label, dtype=np.float64).ravel()
         if h.flag < 2 or lab.size < 2:
             raise DataFormatError(f"{reader.rec_path} (key {key}): identity record must carry (start, end) labels")
+        if not _whole(lab[:2]) or not 1 <= lab[0] <= lab[1] <= first_id:
+            raise DataFormatError(
+                f"{reader.rec_path} (key {key}): identity record range {lab[:2].tolist()} is not a [start, end) of "
+                f"image keys within 1..{first_id}"
+            )
         ranges[i] = (int(lab[0]), int(lab[1]))
     return FaceLayout(image_keys, True, int(id_keys.size), ranges)
+
+
+def _whole(values: np.ndarray) -> bool:
+    """Finite integers that a float32 label holds exactly (no inf, NaN, 1e30 or 2.5)."""
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values))
+                and np.all(np.abs(values) <= MAX_LABEL_KEY))
 
 
 def write_face_rec(

@@ -38,6 +38,13 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _refused(exc: BaseException) -> int:
+    """One line and the exit code of the error's class (gbcosface.errors); 2 for a plain ValueError."""
+    from gbcosface.errors import EXIT_USAGE, exit_code_for, one_line
+
+    return _fail(one_line(exc)) and (exit_code_for(exc) or EXIT_USAGE)
+
+
 def _errors():
     from gbcosface.models import BackboneLoadError
 
@@ -69,7 +76,7 @@ def _cmd_eval_bin(args: argparse.Namespace) -> int:
                   f"XNorm {res['xnorm']:.4f}, threshold {res['threshold']:.3f} "
                   f"({len(binset.issame):,} pairs, flip {'on' if args.flip else 'off'})")
     except _errors() as exc:
-        return _fail(str(exc))
+        return _refused(exc)
     if args.output:
         from gbcosface.eval.report import atomic_write_bytes
 
@@ -106,7 +113,7 @@ def _cmd_eval_ijb(args: argparse.Namespace) -> int:
             flag_sets=ALL_FLAG_SETS if args.flags == "all" else None, **options,
         )
     except (*_errors(), ValueError) as exc:
-        return _fail(str(exc))
+        return _refused(exc)
     return 0
 
 
@@ -117,7 +124,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         res = export_onnx(args.model_prefix, args.onnx, backbone_type=args.backbone_type, opset=args.opset,
                           check=not args.no_check, atol=args.atol, rtol=args.atol)
     except (*_errors(), ExportParityError) as exc:
-        return _fail(str(exc))
+        return _refused(exc)
     print(f"wrote {res['path']} (opset {res['opset']}, dynamic batch axis)")
     if "max_abs_diff" in res:
         print(f"onnxruntime parity on a batch of {res['check_batch']}: max abs diff {res['max_abs_diff']:.3e} "

@@ -154,15 +154,24 @@ def _rendered(args: argparse.Namespace) -> Any:
 def _render(args: argparse.Namespace) -> int:
     try:
         text = _rendered(args).to_yaml()
-    except ValueError as exc:  # ConfigError, a bad JobSpec, JobValidationError: say what, no traceback
-        print(f"gbcosface job render: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # ConfigError, a bad JobSpec, JobValidationError: one line, no traceback
+        return _refused("render", exc, args)
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text)
         log.info("wrote %s", args.output)
     return 0
+
+
+def _refused(verb: str, exc: ValueError, args: argparse.Namespace) -> int:
+    """One line naming the problem (the config file, the key, the field); the exit code of its class."""
+    from gbcosface.errors import EXIT_CONFIG, exit_code_for, one_line
+
+    if getattr(args, "verbose", False):
+        log.debug("job %s refused", verb, exc_info=exc)
+    print(f"gbcosface job {verb}: {one_line(exc)}", file=sys.stderr)
+    return exit_code_for(exc) or EXIT_CONFIG
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -190,8 +199,7 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         rendered = _rendered(args)
     except ValueError as exc:
-        print(f"gbcosface job submit: {exc}", file=sys.stderr)
-        return 2
+        return _refused("submit", exc, args)
     client = _client(args)
     if args.wait:
         return _report(lambda: client.run(rendered, args.timeout, poll_interval=args.poll, stream_logs=args.follow))
@@ -221,12 +229,12 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _local_from_manifest(args: argparse.Namespace) -> Any:
     """Plan the emulation of a rendered manifest (`gbcosface job render` output): its kind decides."""
-    import yaml
+    from gbcosface.yaml_safe import read_yaml_file
 
     from .kinds import get_job_kind
     from .local import run_plan
 
-    docs = [d for d in yaml.safe_load_all(Path(args.job).read_text()) if d]
+    docs = [d for d in read_yaml_file(args.job, all_documents=True) if d]
     configmaps = [d for d in docs if d.get("kind") == "ConfigMap"]
     jobs = [d for d in docs if d.get("kind") in ("PyTorchJob", "TrainJob")]
     if len(jobs) != 1 or len(configmaps) != 1:

@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from gbcosface.yaml_safe import YAMLInputError, load_yaml
 
 from .spec import GANG_SCHEDULERS, TOLERATION_KEYS, JobSpec, is_quantity
 
@@ -132,9 +132,9 @@ def _check(key: str, value: Any) -> Any:
 def parse_cluster_profile(text: str) -> ClusterProfile:
     """A ClusterProfile from YAML text; "" (or only comments) gives the defaults."""
     try:
-        data = yaml.safe_load(text or "")
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"cluster profile is not valid YAML: {exc}") from exc
+        data = load_yaml(text or "", "cluster profile")  # bounded: size and alias expansion
+    except YAMLInputError as exc:
+        raise ProfileError(f"cluster profile is not valid YAML: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

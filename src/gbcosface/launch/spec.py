@@ -47,8 +47,12 @@ _QUANTITY = re.compile(
 )
 
 
+class JobSpecError(ValueError):
+    """A JobSpec that cannot be rendered; the message names every problem."""
+
+
 def is_quantity(value: object) -> bool:
-    return _QUANTITY.match(str(value)) is not None
+    return _QUANTITY.fullmatch(str(value)) is not None
 
 
 @dataclass
@@ -164,8 +168,11 @@ class JobSpec:
             unknown = set(t) - TOLERATION_KEYS
             if unknown:
                 problems.append(f"toleration {t}: unknown keys {sorted(unknown)}")
+        from .validate import spec_value_errors  # values Kubernetes would refuse, caught at render
+
+        problems += spec_value_errors(self)
         if problems:
-            raise ValueError(f"job {self.name!r}: " + "; ".join(problems))
+            raise JobSpecError(f"job {self.name!r}: " + "; ".join(problems))
 
 
 @dataclass

@@ -26,14 +26,31 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
+
+from gbcosface.yaml_safe import read_yaml_file
 
 from . import contract
 from .names import derived_name_problems, is_dns1035_label
 
 MANAGED_BY = ("kubeflow.org/training-operator", "kueue.x-k8s.io/multikueue")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Go's regexp `$` (no multiline flag) matches only at the end of the text; Python's `$` also matches
+# before a trailing newline, so these are used with `fullmatch` (a value "gpu\n" must not pass).
+_LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# kubernetes apimachinery pkg/util/validation/validation.go: envVarNameFmt (the strict rule; the
+# RelaxedEnvironmentVariableValidation gate allows any printable ASCII but '=', which a shell-run
+# `torchrun` command line cannot use anyway).
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+# An image reference as distribution/reference's grammar spells it: [domain[:port]/]path[:tag][@digest].
+_IMAGE_REF = re.compile(
+    r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+    r"(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+TOLERATION_OPERATORS = ("Exists", "Equal")
+TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 class JobValidationError(ValueError):
@@ -46,7 +63,7 @@ class JobValidationError(ValueError):
 
 def load_crd_schema(path: str | Path, version: str = "v1") -> dict[str, Any]:
     """The openAPIV3Schema of `version` from a CRD YAML file."""
-    crd = yaml.safe_load(Path(path).read_text())
+    crd = read_yaml_file(path)
     for ver in crd["spec"]["versions"]:
         if ver["name"] == version:
             return ver["schema"]["openAPIV3Schema"]
@@ -136,12 +153,79 @@ def _label_errors(where: str, labels: dict[str, Any] | None) -> list[str]:
     errors = []
     for key, value in (labels or {}).items():
         prefix, _, name = key.rpartition("/")
-        if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
-            errors.append(f"{where}: label key {key!r} has an invalid prefix")
-        if not name or len(name) > 63 or not _LABEL_NAME.match(name):
-            errors.append(f"{where}: label key {key!r} has an invalid name")
-        if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.match(value)):
+        if not _is_label_key(key):
+            errors.append(f"{where}: label key {key!r} has an invalid {'prefix' if not _key_prefix_ok(key) else 'name'}")
+        if not is_label_value(value):
             errors.append(f"{where}: label {key!r} has an invalid value {value!r}")
+    return errors
+
+
+def _key_prefix_ok(key: str) -> bool:
+    prefix, _, _ = key.rpartition("/")
+    return not prefix or (len(prefix) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(prefix) is not None)
+
+
+def _is_label_key(key: object) -> bool:
+    """A qualified name: [DNS-1123 subdomain/]name, the name 1-63 characters (apimachinery IsQualifiedName)."""
+    if not isinstance(key, str):
+        return False
+    name = key.rpartition("/")[2]
+    return _key_prefix_ok(key) and 0 < len(name) <= 63 and _LABEL_NAME.fullmatch(name) is not None
+
+
+def is_label_value(value: object) -> bool:
+    """A label (or node selector) value: empty, or 1-63 of [-A-Za-z0-9_.] starting and ending alphanumeric."""
+    return isinstance(value, str) and len(value) <= 63 and (not value or _LABEL_NAME.fullmatch(value) is not None)
+
+
+def is_env_name(name: object) -> bool:
+    return isinstance(name, str) and _ENV_NAME.fullmatch(name) is not None
+
+
+def is_image_reference(image: object) -> bool:
+    return isinstance(image, str) and len(image) <= 4096 and _IMAGE_REF.fullmatch(image) is not None
+
+
+def spec_value_errors(spec: Any) -> list[str]:
+    """Values of a JobSpec that no Kubernetes API server (or container runtime) would take, by field.
+
+    Checked at render so that `job render` refuses them, instead of the API server rejecting the pod
+    (or the kubelet failing to pull `img;rm`) after the job was created.
+    """
+    errors: list[str] = []
+    if spec.image and not is_image_reference(spec.image):
+        errors.append(f"image {spec.image!r} is not an image reference ([registry/]name[:tag][@digest])")
+    for field_name in ("env", "nccl_env"):
+        for name, value in (getattr(spec, field_name) or {}).items():
+            if not is_env_name(name):
+                errors.append(f"{field_name}: {name!r} is not a valid environment variable name "
+                              "(letters, digits, '_', '-', '.'; not starting with a digit)")
+            if not isinstance(value, str) or "\x00" in value:
+                errors.append(f"{field_name}: the value of {name!r} must be a string without NUL bytes")
+    for field_name in ("labels", "node_selector"):
+        for key, value in (getattr(spec, field_name) or {}).items():
+            if not _is_label_key(key):
+                errors.append(f"{field_name}: {key!r} is not a valid label key")
+            if not is_label_value(value):
+                errors.append(f"{field_name}: the value {value!r} of {key!r} is not a valid label value "
+                              "(at most 63 of [-A-Za-z0-9_.], starting and ending alphanumeric)")
+    for key in (spec.annotations or {}, spec.pod_annotations or {}):
+        for name in key:
+            if not _is_label_key(name):
+                errors.append(f"annotations: {name!r} is not a valid annotation key")
+    for i, tol in enumerate(spec.tolerations or []):
+        where = f"tolerations[{i}]"
+        if tol.get("key") not in (None, "") and not _is_label_key(tol.get("key")):
+            errors.append(f"{where}.key: {tol.get('key')!r} is not a valid label key")
+        if tol.get("operator") not in (None, *TOLERATION_OPERATORS):
+            errors.append(f"{where}.operator: {tol.get('operator')!r} is not Exists or Equal")
+        if tol.get("value") is not None and not is_label_value(tol.get("value")):
+            errors.append(f"{where}.value: {tol.get('value')!r} is not a valid label value")
+        if tol.get("effect") not in (None, *TOLERATION_EFFECTS):
+            errors.append(f"{where}.effect: {tol.get('effect')!r} is not one of {TOLERATION_EFFECTS[1:]}")
+    for i, arg in enumerate(spec.extra_args or []):
+        if not isinstance(arg, str) or "\x00" in arg:
+            errors.append(f"extra_args[{i}]: {arg!r} must be a string without NUL bytes")
     return errors
 
 

@@ -26,6 +26,10 @@ from .mobilefacenet import MobileFaceNet, is_legacy_mobilefacenet_state, legacy_
 from .registry import get_backbone
 
 ARCH_KEYS = ("name", "embedding_size", "dropout", "width", "layers", "stem_stride", "fp16", "train_embedding_scale")
+#: Bounds on sidecar numbers, checked before anything is built (a sidecar is data from a download:
+#: `embedding_size: 1e12` must not allocate terabytes, nor `layers: [1e9, ...]` loop for hours).
+MAX_ARCH_INT = 1 << 16
+MAX_TOTAL_BLOCKS = 1000
 _NESTING_KEYS = ("state_dict", "model", "backbone")
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -71,7 +75,41 @@ def _check_arch(arch: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise BackboneLoadError(f"{where}: unknown architecture keys {unknown} (allowed: {', '.join(ARCH_KEYS)})")
     if not isinstance(arch.get("name"), str):
         raise BackboneLoadError(f"{where}: the architecture needs a backbone 'name'")
+    for key in ("embedding_size", "width", "stem_stride"):
+        value = arch.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 1 <= value <= MAX_ARCH_INT):
+            raise BackboneLoadError(f"{where}: architecture key {key!r} must be an integer in 1..{MAX_ARCH_INT}, "
+                                    f"got {str(value)[:40]}")
+    layers = arch.get("layers")
+    if layers is not None:
+        if (not isinstance(layers, list | tuple) or len(layers) > 16
+                or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_TOTAL_BLOCKS
+                           for n in layers) or sum(layers) > MAX_TOTAL_BLOCKS):
+            raise BackboneLoadError(f"{where}: architecture key 'layers' must be at most 16 block counts summing to "
+                                    f"at most {MAX_TOTAL_BLOCKS}, got {str(layers)[:80]}")
+    dropout = arch.get("dropout")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, int | float)
+                                or not 0 <= dropout < 1):
+        raise BackboneLoadError(f"{where}: architecture key 'dropout' must be a number in [0, 1), got {dropout!r}")
     return dict(arch)
+
+
+def _check_size(spec: dict[str, Any], path: Path, where: str) -> None:
+    """Refuse an architecture with more parameters than the file could hold (built on the meta device:
+    nothing is allocated). Each saved parameter takes at least 2 bytes (float16)."""
+    try:
+        with torch.device("meta"):
+            probe = get_backbone(**spec)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise BackboneLoadError(f"{where}: bad architecture {spec}: {exc}") from None
+    numel = sum(p.numel() for p in probe.parameters())
+    size = path.stat().st_size
+    if 2 * numel > size + (1 << 20):
+        raise BackboneLoadError(
+            f"{where}: the architecture has {numel:,} parameters ({4 * numel / 1e9:.1f} GB in float32), more than "
+            f"{path} ({size:,} bytes) can hold; refusing to build it"
+        )
 
 
 def save_backbone(model: nn.Module, path: str | Path, arch: Mapping[str, Any] | None = None) -> Path:
@@ -150,6 +188,20 @@ def infer_iresnet_arch(state: Mapping[str, torch.Tensor]) -> dict[str, Any] | No
     }
 
 
+def _load_refusal(path: Path, exc: Exception) -> str:
+    """Why `path` was not loaded, in our words: torch's weights_only message advises setting
+    `weights_only=False`, i.e. running the code the file names, which is exactly what must not happen."""
+    text = str(exc)
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        detail = next((line.strip() for line in text.splitlines()
+                       if "GLOBAL" in line or "Unsupported" in line or "WeightsUnpickler error" in line), "")
+        detail = re.sub(r"^WeightsUnpickler error:\s*", "", detail)[:200]
+        return (f"{path}: refused as unsafe: it is not plain tensors, and loading it would run code the file "
+                f"names{f' ({detail})' if detail else ''}; only state dicts of tensors are loaded")
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    return f"{path}: not a readable PyTorch file ({first})"
+
+
 def load_backbone(path: str | Path, name: str | None = None, fp16: bool = False, **arch: Any) -> nn.Module:
     """Build a backbone and load `path` into it strictly; returns it in eval mode on the CPU.
 
@@ -178,7 +230,7 @@ def load_backbone(path: str | Path, name: str | None = None, fp16: bool = False,
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file, or one that needs code to unpickle
-        raise BackboneLoadError(f"{path}: cannot load with weights_only=True: {exc}") from None
+        raise BackboneLoadError(_load_refusal(path, exc)) from None
     state = extract_state_dict(obj, str(path))
     if "name" not in spec:
         inferred = infer_iresnet_arch(state)
@@ -187,6 +239,7 @@ def load_backbone(path: str | Path, name: str | None = None, fp16: bool = False,
                                     "and the keys are not an iresnet layout")
         spec = {**inferred, **spec}
     spec = _check_arch(spec, str(side if side.is_file() else path))
+    _check_size(spec, path, str(side if side.is_file() else path))
     try:
         model = get_backbone(**spec)
     except (TypeError, ValueError) as exc:

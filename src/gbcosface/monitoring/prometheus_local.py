@@ -30,6 +30,8 @@ from typing import IO, Any
 
 import yaml
 
+from gbcosface.yaml_safe import read_yaml_file
+
 JOB_NAME = "gbcosface"
 #: The PrometheusRule shipped in this repository, relative to the repository root.
 PROMETHEUS_RULE = Path("k8s/monitoring/prometheusrule.yaml")
@@ -83,7 +85,7 @@ def render_config(
 def extract_rule_groups(prometheus_rule: str | Path) -> dict[str, Any]:
     """The ``spec.groups`` of a PrometheusRule manifest, as a plain Prometheus rules document."""
     path = Path(prometheus_rule)
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = [d for d in read_yaml_file(path, all_documents=True) if d]
     rules = [d for d in docs if d.get("kind") == "PrometheusRule"]
     if len(rules) != 1:
         raise ValueError(f"{path}: expected exactly one PrometheusRule, found {len(rules)}")

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from gbcosface.launch.profile import ClusterProfile
     from gbcosface.launch.spec import JobSpec
 
-import yaml
 
 from gbcosface.config import TrainConfig, config_hash, load_config, to_yaml
 from gbcosface.lineage import Lineage, code_version
@@ -31,6 +30,7 @@ from gbcosface.steps.runs import check_run_id
 from gbcosface.steps.runs import run_uri as make_run_uri
 from gbcosface.steps.stage import data_cache_dir
 from gbcosface.storage import get_bytes, join_uri, put_bytes, read_manifest
+from gbcosface.yaml_safe import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
     if job_kind not in JOB_KINDS:
         raise ValueError(f"job_kind must be one of {JOB_KINDS}, not {job_kind!r}")
     profile = parse_cluster_profile(cluster_profile)  # before any work: a typo fails the step at once
-    if s3_secret and "s3_secret" not in (yaml.safe_load(cluster_profile or "{}") or {}):
+    if s3_secret and "s3_secret" not in (load_yaml(cluster_profile or "{}", "cluster profile") or {}):
         # The pipeline's `s3_secret` (what the steps use) is the job's too unless the profile names another.
         profile = dataclasses.replace(profile, s3_secret=s3_secret)
     run_uri = make_run_uri(output_uri, run_id)

@@ -1,7 +1,8 @@
 """Verbs: `gbcosface stage`, `gbcosface upload`, `gbcosface s3-server`.
 
 Why thin: the pipeline's staging step, a hand-run `stage` and the demo all call the same library
-functions; the CLI only parses flags and turns StorageError into one clear line and exit code 1.
+functions; the CLI only parses flags, and `gbcosface.cli` turns a StorageError into one clear line and
+its exit code (docs/architecture.md, "Errors and exit codes").
 """
 
 from __future__ import annotations
@@ -76,18 +77,16 @@ def _fail(exc: Exception) -> int:
 def _stage(args: argparse.Namespace) -> int:
     from gbcosface.storage.stage import stage, stage_cli_summary
 
-    try:
-        result = stage(
-            args.src,
-            args.dest,
-            manifest_out=args.manifest,
-            expected_manifest=args.expect_manifest,
-            workers=args.workers,
-            progress=not args.no_progress,
-            endpoint_url=args.endpoint_url,
-        )
-    except StorageError as exc:
-        return _fail(exc)
+    # A StorageError reaches gbcosface.cli, which prints it on one line with its exit code.
+    result = stage(
+        args.src,
+        args.dest,
+        manifest_out=args.manifest,
+        expected_manifest=args.expect_manifest,
+        workers=args.workers,
+        progress=not args.no_progress,
+        endpoint_url=args.endpoint_url,
+    )
     print(stage_cli_summary(result))
     return 0
 
@@ -95,18 +94,15 @@ def _stage(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from gbcosface.storage.transfer import upload
 
-    try:
-        manifest = upload(
-            args.src,
-            args.dest,
-            endpoint_url=args.endpoint_url,
-            workers=args.workers,
-            marker=args.marker,
-            manifest_out=args.manifest,
-            progress=not args.no_progress,
-        )
-    except StorageError as exc:
-        return _fail(exc)
+    manifest = upload(
+        args.src,
+        args.dest,
+        endpoint_url=args.endpoint_url,
+        workers=args.workers,
+        marker=args.marker,
+        manifest_out=args.manifest,
+        progress=not args.no_progress,
+    )
     print(
         f"uploaded {len(manifest.entries)} files ({manifest.total_size / 1e6:.1f} MB) to {manifest.source}; "
         f"manifest_hash {manifest.hash}"

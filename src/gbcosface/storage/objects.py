@@ -94,10 +94,13 @@ def _list_local(loc: Location) -> list[ObjectInfo]:
     if not root.is_dir():
         raise NotFoundError(f"{root}: no such directory")
     out: list[ObjectInfo] = []
+    real_root = Path(os.path.realpath(root))
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath) == root and STAGING_DIR in dirnames:
             dirnames.remove(STAGING_DIR)
         dirnames.sort()
+        for name in [*dirnames, *filenames]:
+            _refuse_outside_link(Path(dirpath, name), root, real_root)
         for name in filenames:
             path = Path(dirpath, name)
             if not path.is_file():  # sockets, fifos, broken links
@@ -111,6 +114,18 @@ def _list_local(loc: Location) -> list[ObjectInfo]:
             )
     out.sort(key=lambda o: o.key)
     return out
+
+
+def _refuse_outside_link(path: Path, root: Path, real_root: Path) -> None:
+    """A symbolic link under a local source that leads outside it would make `stage` read (and publish)
+    a file the source does not hold, e.g. `ln -s /etc/shadow data/x`: refuse it, naming the link."""
+    if not path.is_symlink():
+        return
+    real = Path(os.path.realpath(path))
+    if real != real_root and real_root not in real.parents:
+        raise URIError(
+            f"{path}: is a symbolic link to {os.readlink(path)}, outside the source {root}; refusing to read it"
+        )
 
 
 def list_uri(uri: str | Path | Location, *, endpoint_url: str | None = None) -> list[str]:

@@ -27,6 +27,7 @@ import os
 import random
 import shutil
 import socket
+import stat
 import sys
 import threading
 import time
@@ -45,10 +46,11 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
-from s3transfer.exceptions import RetriesExceededError
+from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 from s3transfer.subscribers import BaseSubscriber
 from tqdm import tqdm
 
+from gbcosface.errors import clip
 from gbcosface.storage.client import error_code, get_client, s3_errors
 from gbcosface.storage.errors import IntegrityError, NotFoundError, StorageError, URIError
 from gbcosface.storage.journal import JournalRecord, StagingJournal
@@ -176,7 +178,7 @@ def stage(
         _check_no_overlap(loc, dest)
     listing = list_objects(loc, client=client)
     items = _plan(loc, listing, expected)
-    dest.mkdir(parents=True, exist_ok=True)
+    _check_dest(dest, [it.obj.key for it in items], loc)
     with _StagingArea(dest, lock_timeout) as area:
         stager = _Stager(loc, dest, area, client, tc, fsync=fsync, progress=progress)
         outcomes = stager.run(items, workers)
@@ -217,6 +219,74 @@ def _check_no_overlap(loc: Location, dest: Path) -> None:
     src, dst = loc.path.resolve(), dest.resolve()
     if src == dst or src in dst.parents or dst in src.parents:
         raise URIError(f"cannot stage {src} into {dst}: source and destination overlap")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_dest(dest: Path, keys: list[str], loc: Location) -> None:
+    """Refuse, before anything is staged, a destination that is not a writable directory, a symlink
+    inside it that a key would write through, and keys longer than its filesystem allows."""
+    base = _existing_ancestor(dest)
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+        path_max = os.pathconf(base, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    # Parts are written under DEST/.staging/partial/KEY: the longest path a key makes.
+    longest = len(os.fsencode(str((dest / STAGING_DIR / "partial").absolute()))) + 1
+    for key in keys:
+        for part in key.split("/"):
+            if len(os.fsencode(part)) > name_max:
+                raise URIError(
+                    f"{loc.uri}: object key {clip(key)} has a path segment of {len(os.fsencode(part))} bytes; "
+                    f"the filesystem of {base} allows {name_max}"
+                )
+        if longest + len(os.fsencode(key)) >= path_max:
+            raise URIError(f"{loc.uri}: object key {clip(key)} makes a local path longer than {path_max} bytes")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StorageError(f"{dest}: exists and is not a directory; cannot stage into it") from None
+    except OSError as exc:
+        raise StorageError(f"{dest}: cannot create the staging directory: {exc.strerror}") from None
+    if not dest.is_dir():
+        raise StorageError(f"{dest}: is not a directory; cannot stage into it")
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise StorageError(f"{dest}: is not writable; cannot stage into it")
+    area = [f"{STAGING_DIR}/{name}" for name in ("partial/x", "lock", "journal.jsonl")]
+    checked: set[str] = set()
+    for key in [*area, *keys]:
+        _refuse_symlinks(dest, key, checked)
+
+
+def _refuse_symlinks(dest: Path, key: str, checked: set[str]) -> None:
+    """A symlink already in DEST on the way to KEY (a parent directory, or the file itself) would make
+    the stage write (or reuse) a file outside DEST: refuse it, naming the link. `checked` holds the
+    relative directories already seen (a dataset of 10^6 files has few directories)."""
+    path = dest
+    parts = key.split("/")
+    for i, part in enumerate(parts):
+        path = path / part
+        rel = "/".join(parts[: i + 1])
+        if i < len(parts) - 1 and rel in checked:
+            continue
+        checked.add(rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"{path}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise StorageError(
+                f"{path}: is a symbolic link inside the staging directory (to {os.readlink(path)}); "
+                "refusing to stage through it"
+            )
 
 
 def _plan(loc: Location, listing: list[ObjectInfo], expected: Manifest | None) -> list[_Item]:
@@ -480,10 +550,16 @@ class _Stager:
 
     def _copy_local(self, obj: ObjectInfo, part: Path) -> _Fetched:
         src = self.loc.join(obj.key).path
-        assert src is not None
+        assert src is not None and self.loc.path is not None
+        # Checked again here (the listing checked too): a link swapped in since must not lead outside.
+        real = Path(os.path.realpath(src))
+        root = Path(os.path.realpath(self.loc.path))
+        if root != real and root not in real.parents:
+            raise URIError(f"{src}: resolves to {real}, outside the source {root}; refusing to stage it")
         h, n = hashlib.sha256(), 0
         try:
-            with open(src, "rb") as fin, open(part, "wb") as fout:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+            with open(fd, "rb") as fin, open(part, "wb") as fout:
                 while chunk := fin.read(_CHUNK):
                     fout.write(chunk)
                     h.update(chunk)
@@ -603,6 +679,10 @@ def _s3_call(where: str, obj: ObjectInfo) -> Iterator[None]:
             ) from exc
         with s3_errors(where):
             raise
+    except S3DownloadFailedError as exc:  # a ranged GET's If-Match failed: the object changed since the HEAD
+        raise StorageError(
+            f"{where}: the object changed while staging (its ETag is no longer {obj.etag}); re-run stage"
+        ) from exc
     except (BotoCoreError, RetriesExceededError) as exc:
         raise StorageError(f"{where}: {exc}") from exc
 

@@ -104,8 +104,10 @@ def parse_uri(uri: str | Path | Location) -> Location:
             raise URIError(
                 f"{uri}: invalid bucket name {bucket!r} (3-63 characters: lowercase letters, digits, '.', '-')"
             )
-        if "//" in key:
-            raise URIError(f"{uri}: empty path segment ('//') in the key")
+        if "//" in key or key.startswith("/"):
+            # `s3://b//p` would list `p/` (the prefix strips slashes) but be recorded as given, so a
+            # manifest would name a location nobody wrote to: refuse it rather than guess.
+            raise URIError(f"{uri}: empty path segment ('//') in the key; write s3://{bucket}/{'/'.join(p for p in key.split('/') if p)}")
         return Location("s3", bucket, key)
     if scheme == "file":
         parts = urlsplit(uri)
