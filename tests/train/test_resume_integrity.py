@@ -283,6 +283,20 @@ def test_the_cli_reports_the_config_mismatch_without_a_traceback(tmp_path: Path,
     assert len(errors) == 1 and "step-0000010" in errors[0]
 
 
+@pytest.mark.integration
+def test_under_torchrun_every_rank_stops_with_the_same_line(tmp_path: Path, tiny_trainset: Path) -> None:
+    """Rank 0 decides and the error travels through the broadcast: rank 1 does not wait for rank 0 forever."""
+    out = tmp_path / "run"
+    train(_cfg(tiny_trainset, str(out), schedule={"max_steps": 10}))
+    wider = tiny_config(tiny_trainset, str(out), schedule={"max_steps": 20})
+    wider["model"]["width"] = 16
+    proc = run_train(write_config(tmp_path / "wider.yaml", wider), 2, timeout=300)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: {out}/checkpoints/step-0000010: does not fit the current model" in proc.stderr, \
+            proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("value", [0, -5])
 def test_checkpoint_every_must_be_positive(tmp_path: Path, tiny_trainset: Path, value: int) -> None:
     with pytest.raises(ConfigError, match=rf"run\.checkpoint_every must be >= 1, not {value}"):

@@ -220,13 +220,17 @@ def read_file(ref: CheckpointRef, name: str, manifest: Manifest | None | bool = 
     return from_bytes(read_bytes(ref, name, manifest or None), ref.file(name))
 
 
+def _read_all(ref: CheckpointRef) -> tuple[Manifest | None, dict[str, bytes]]:
+    """Every object the manifest lists, each checked (size, sha256) as it is read, and read once."""
+    manifest = read_manifest(ref)
+    if manifest is None:
+        return None, {}
+    return manifest, {entry.key: read_bytes(ref, entry.key, manifest) for entry in manifest.entries}
+
+
 def verify(ref: CheckpointRef) -> Manifest | None:
     """Read back every object the manifest lists and check its size and sha256; the manifest."""
-    manifest = read_manifest(ref)
-    if manifest is not None:
-        for entry in manifest.entries:
-            read_bytes(ref, entry.key, manifest)
-    return manifest
+    return _read_all(ref)[0]
 
 
 @dataclass(frozen=True)
@@ -240,11 +244,14 @@ class Loaded:
 
 def load(ref: CheckpointRef) -> Loaded:
     """Verify every object of `ref` against its manifest, then load state and RNG files (weights only)."""
-    manifest = verify(ref)
+    manifest, data = _read_all(ref)
     if manifest is None:
         log.warning("%s: written without a manifest (an older version): its files are not verified", ref.uri)
-    state = read_file(ref, STATE_FILE, manifest)
-    rngs = read_file(ref, RNG_FILE, manifest)
+    for name in (STATE_FILE, RNG_FILE):
+        if name not in data:
+            data[name] = read_bytes(ref, name, manifest)  # not listed: refused; no manifest: read unverified
+    state = from_bytes(data[STATE_FILE], ref.file(STATE_FILE))
+    rngs = from_bytes(data[RNG_FILE], ref.file(RNG_FILE))
     if not isinstance(state, dict) or not isinstance(rngs, dict):
         raise CheckpointError(f"{ref.uri}: {STATE_FILE} and {RNG_FILE} must hold dicts")
     return Loaded(ref, state, rngs)

@@ -12,7 +12,9 @@ Why the loop looks like this:
 - The classifier (train/classifier.py) is replicated (one DDP over backbone + head) or, with
   head.sharded, split by classes across ranks (DDP over the backbone only); the loop is the same.
 - Checkpoints are written by rank 0 only, with the RNG states of every rank (and, when sharded, the
-  head's columns and momentum) gathered to it.
+  head's columns and momentum) gathered to it. A resume reads and verifies before anything is deleted
+  and falls back past damaged checkpoints; a save is verified before older ones are pruned
+  (`checkpoint.Checkpointer`).
 - /metrics is served from process start: the exporter starts before data staging ("staging" phase).
 - SIGTERM (a pod eviction or a spot-node preemption, forwarded by torchrun) sets a flag; the flag
   rides on the step's loss all-reduce, so every rank finishes the same step, a complete checkpoint
