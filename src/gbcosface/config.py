@@ -117,6 +117,17 @@ class RunConfig:
     checkpoint_on_sigterm: bool = True  # SIGTERM: finish the step, checkpoint, exit 143 (preemption)
     resume: bool = True
 
+    def problems(self) -> list[str]:
+        """What is wrong with these values (checked before any work starts)."""
+        out = []
+        for key in ("checkpoint_every", "keep_last"):  # a period of 0 divides by zero; keeping 0 keeps nothing
+            if getattr(self, key) < 1:
+                out.append(f"run.{key} must be >= 1, not {getattr(self, key)}")
+        for key in ("val_every", "max_bad_steps"):  # 0 = off
+            if getattr(self, key) < 0:
+                out.append(f"run.{key} must be >= 0, not {getattr(self, key)}")
+        return out
+
 
 @dataclass
 class TrainConfig:
@@ -238,6 +249,7 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         problems.append("data.batch_size must be positive")
     if cfg.model.stem_stride not in (1, 2):
         problems.append("model.stem_stride must be 1 or 2")
+    problems += cfg.run.problems()
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
 

@@ -41,6 +41,18 @@ def np_v_mean(cos, labels, s=32.0) -> float:
 
 @pytest.mark.integration
 def test_cos_v_is_synchronised_across_two_gloo_ranks(tmp_path):
+    """Both ranks hold the same cos_v at every step (exactly), and it follows a float64 recomputation.
+
+    Why abs=1e-6 against the recomputation is a bound by construction, not a tolerance fitted to one
+    machine: the inputs are float64 and only the cos_v buffer is float32, so each step adds only the
+    float32 roundings of one EMA update (each at most half an ulp of its result): the cast of the batch
+    mean weighted by r (<= 1e-8), the two products and the constants 0.7 and 0.3 in float32 (<= 4e-8),
+    the sum (~0.6: <= 3e-8) and the all-reduce sum (~1.2: <= 6e-8; the halving is exact), <= 1.5e-7 per
+    step. The EMA keeps 0.7 of the previous error, so after the 4 steps the error is <= 1.5e-7 x
+    (1 + 0.7 + 0.49 + 0.34) < 4e-7, plus 0.24 x the initial mean's <= 9e-8, below 1e-6 on any CPU;
+    there is no training loop here to amplify it. A wrong sync (per-rank init, no mean) is off by
+    more than 0.05 (the ranks' batch means differ by > 0.1).
+    """
     worker = load_worker()
     port = free_port()
     procs = []

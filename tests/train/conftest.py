@@ -89,12 +89,17 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_train(config: Path, nproc: int, *overrides: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    """`gbcosface train` as one bare process (nproc=0) or under torchrun with `nproc` processes."""
+def run_train(config: Path, nproc: int, *overrides: str, timeout: float = 600, float64: bool = False,
+              **env: str) -> subprocess.CompletedProcess:
+    """`gbcosface train` as one bare process (nproc=0) or under torchrun with `nproc` processes.
+
+    `float64=True` runs it through float64_train.py (torch's default dtype float64), for exactness tests.
+    """
+    entry = [str(Path(__file__).with_name("float64_train.py"))] if float64 else ["-m", "gbcosface"]
     if nproc == 0:
-        cmd = [sys.executable, "-m", "gbcosface", "train", "--config", str(config), *overrides]
+        cmd = [sys.executable, *entry, "train", "--config", str(config), *overrides]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-               "-m", "gbcosface", "train", "--config", str(config), *overrides]
+               *entry, "train", "--config", str(config), *overrides]
     return subprocess.run(cmd, cwd=REPO, env=child_env(**env), capture_output=True, text=True, timeout=timeout)

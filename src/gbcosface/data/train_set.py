@@ -474,6 +474,7 @@ def prepare_batch(
 ) -> torch.Tensor:
     """uint8 (B,3,H,W) RGB -> float32 on `device`: horizontal flips per `flip_mask(B, step, seed)`,
     then `(x/255 - 0.5)/0.5`. Pass a rank-specific seed if ranks should flip differently.
+    Under a float64 default dtype (`torch.set_default_dtype`, used by exactness tests) it gives float64.
     """
     if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
         raise ValueError(f"expected a uint8 (B,3,H,W) batch, got {images_uint8.dtype} {tuple(images_uint8.shape)}")
@@ -482,7 +483,7 @@ def prepare_batch(
     if random_flip:
         mask = flip_mask(x.shape[0], step, seed).to(device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    x = x.float().div_(255.0).sub_(0.5).div_(0.5)
+    x = x.to(torch.promote_types(torch.get_default_dtype(), torch.float32)).div_(255.0).sub_(0.5).div_(0.5)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -68,7 +68,8 @@ class ShardedNormLinearHead(nn.Module):
         self.group = group
         self.seed = seed
         self.class_start, self.class_stop = class_range(num_classes, rank, world_size)
-        self.weight = nn.Parameter(init_weight_columns(embedding_size, self.class_start, self.class_stop, seed))
+        self.weight = nn.Parameter(init_weight_columns(embedding_size, self.class_start, self.class_stop, seed,
+                                                       dtype=torch.get_default_dtype()))  # as NormLinearHead's
 
     @property
     def num_local_classes(self) -> int:

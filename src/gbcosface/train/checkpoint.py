@@ -10,6 +10,15 @@ Why this shape:
   into place, so a reader never sees a half-written `step-*` directory either. On S3 (no rename) the
   files are uploaded by `gbcosface.storage.upload_dir` (multipart, sha256 metadata checked on read)
   and the marker, which then holds the upload manifest, last.
+- The marker holds the manifest of the checkpoint (every file's size and sha256), locally and on S3,
+  and every read checks every object against it: a truncated `state.pt`, a flipped byte (also one
+  under matching S3 sha256 metadata) or a `state.pt` swapped in from another checkpoint is refused
+  with CheckpointError naming the file. Markers written before manifests existed are empty: such a
+  checkpoint is still read (unverified, with a warning).
+- `Checkpointer` owns the lifecycle: it reads and verifies before anything is deleted, falls back to
+  the newest checkpoint that verifies (logging which ones were skipped and why), and prunes only
+  after a newer checkpoint has been written and verified by reading it back. Why never prune first:
+  with the newest checkpoint damaged, the older good ones are exactly what the restart needs.
 - Loading uses `torch.load(weights_only=True)`: a checkpoint is data, never code. A file whose pickle
   asks for anything beyond tensors and plain containers is refused with CheckpointError.
 - Only rank 0 writes: model and optimizer states are identical on every rank under DDP, and the
@@ -18,14 +27,17 @@ Why this shape:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +45,21 @@ from typing import Any
 import torch
 
 from gbcosface.storage import (
+    IntegrityError,
+    Manifest,
+    ManifestEntry,
+    ManifestError,
     NotFoundError,
     delete_prefix,
     get_bytes,
     join_uri,
     list_uri,
+    parse_manifest,
     parse_uri,
     upload_dir,
 )
+
+log = logging.getLogger("gbcosface.train")
 
 CHECKPOINT_DIR = "checkpoints"
 MARKER = "COMPLETE"
@@ -53,6 +72,13 @@ _STEP_RE = re.compile(r"^step-(\d{7,})$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names it."""
+
+
+class CheckpointConfigError(CheckpointError):
+    """A sound checkpoint that does not fit the current config's model (another width, depth, class count).
+
+    Not damage: an older checkpoint of the same run would not fit either, so there is no fallback.
+    """
 
 
 @dataclass(frozen=True)
@@ -140,13 +166,95 @@ def from_bytes(data: bytes, where: str) -> Any:
         raise CheckpointError(f"{where}: unreadable checkpoint file: {exc}") from None
 
 
-def read_file(ref: CheckpointRef, name: str) -> Any:
+def read_manifest(ref: CheckpointRef) -> Manifest | None:
+    """The manifest the marker holds; None for an empty marker (written before manifests existed)."""
+    uri = ref.file(MARKER)
+    try:
+        data = get_bytes(uri)
+    except NotFoundError:
+        raise CheckpointError(f"{uri}: the completion marker is gone") from None
+    except IntegrityError as exc:
+        raise CheckpointError(f"{uri}: {_first_line(exc)}") from None
+    if not data.strip():
+        return None
+    try:
+        return parse_manifest(data, uri)
+    except ManifestError as exc:
+        raise CheckpointError(f"{uri}: unreadable manifest: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_bytes(ref: CheckpointRef, name: str, manifest: Manifest | None) -> bytes:
+    """One file's bytes, checked against its manifest entry (size, then sha256) when there is a manifest."""
     uri = ref.file(name)
+    if manifest is not None and manifest.get(name) is None:
+        raise CheckpointError(f"{uri}: not in the checkpoint's manifest ({MARKER} lists "
+                              f"{', '.join(e.key for e in manifest.entries)})")
     try:
         data = get_bytes(uri)
     except NotFoundError:
         raise CheckpointError(f"{uri}: missing from a checkpoint marked complete") from None
-    return from_bytes(data, uri)
+    except IntegrityError as exc:  # S3: the bytes do not match their own sha256 metadata
+        raise CheckpointError(f"{uri}: {_first_line(exc).removeprefix(uri + ': ')}") from None
+    if manifest is not None:
+        entry = manifest.get(name)
+        assert entry is not None
+        if len(data) != entry.size:
+            raise CheckpointError(f"{uri}: {len(data)} bytes but the manifest in {MARKER} says {entry.size} "
+                                  "(truncated or replaced)")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            raise CheckpointError(f"{uri}: sha256 {digest[:16]}... but the manifest in {MARKER} says "
+                                  f"{entry.sha256[:16]}... (damaged or replaced)")
+    return data
+
+
+def read_file(ref: CheckpointRef, name: str, manifest: Manifest | None | bool = True) -> Any:
+    """Load one file of a checkpoint, verified against its manifest (`manifest=True` reads it first)."""
+    if manifest is True:
+        manifest = read_manifest(ref)
+    return from_bytes(read_bytes(ref, name, manifest or None), ref.file(name))
+
+
+def _read_all(ref: CheckpointRef) -> tuple[Manifest | None, dict[str, bytes]]:
+    """Every object the manifest lists, each checked (size, sha256) as it is read, and read once."""
+    manifest = read_manifest(ref)
+    if manifest is None:
+        return None, {}
+    return manifest, {entry.key: read_bytes(ref, entry.key, manifest) for entry in manifest.entries}
+
+
+def verify(ref: CheckpointRef) -> Manifest | None:
+    """Read back every object the manifest lists and check its size and sha256; the manifest."""
+    return _read_all(ref)[0]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint read and verified: its state and RNG dicts."""
+
+    ref: CheckpointRef
+    state: dict[str, Any]
+    rngs: dict[str, Any]
+
+
+def load(ref: CheckpointRef) -> Loaded:
+    """Verify every object of `ref` against its manifest, then load state and RNG files (weights only)."""
+    manifest, data = _read_all(ref)
+    if manifest is None:
+        log.warning("%s: written without a manifest (an older version): its files are not verified", ref.uri)
+    for name in (STATE_FILE, RNG_FILE):
+        if name not in data:
+            data[name] = read_bytes(ref, name, manifest)  # not listed: refused; no manifest: read unverified
+    state = from_bytes(data[STATE_FILE], ref.file(STATE_FILE))
+    rngs = from_bytes(data[RNG_FILE], ref.file(RNG_FILE))
+    if not isinstance(state, dict) or not isinstance(rngs, dict):
+        raise CheckpointError(f"{ref.uri}: {STATE_FILE} and {RNG_FILE} must hold dicts")
+    return Loaded(ref, state, rngs)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -194,7 +302,10 @@ def save(output: str, step: int, files: dict[str, bytes], meta: dict[str, Any]) 
     tmp.mkdir()
     for fname in sorted(payload):
         _write_file(tmp / fname, payload[fname])
-    _write_file(tmp / MARKER, b"")
+    manifest = Manifest(source=join_uri(root, name), entries=[
+        ManifestEntry(key=f, size=len(payload[f]), sha256=hashlib.sha256(payload[f]).hexdigest()) for f in payload
+    ])
+    _write_file(tmp / MARKER, manifest.to_json().encode())
     _fsync_dir(tmp)
     final = loc.path / name
     if final.exists():  # re-saving a step (e.g. a torn directory from a killed writer)
@@ -204,17 +315,20 @@ def save(output: str, step: int, files: dict[str, bytes], meta: dict[str, Any]) 
     return CheckpointRef(step, str(final))
 
 
-def prune(output: str, keep_last: int) -> list[int]:
-    """Keep the newest `keep_last` complete checkpoints; drop older ones, torn ones older than the
-    newest complete one, and stale local temporary directories. Returns the deleted steps."""
+def prune(output: str, keep_last: int, newest: int | None = None) -> list[int]:
+    """Keep the newest `keep_last` complete checkpoints up to step `newest` (default: the newest complete
+    one); drop older ones, torn ones older than `newest`, and stale local temporary directories.
+    Steps after `newest` are never touched: when `newest` is the checkpoint just written, a newer one
+    is one that a resume skipped as damaged, kept for inspection (and overwritten when training
+    reaches its step). Returns the deleted steps."""
     steps, temps = _scan(output)
     root = checkpoints_uri(output)
-    complete = sorted(s for s, ok in steps.items() if ok)
+    complete = sorted(s for s, ok in steps.items() if ok and (newest is None or s <= newest))
     if not complete:
         return []
     keep = set(complete[-max(1, keep_last):])
     newest = complete[-1]
-    doomed = [s for s in sorted(steps) if s not in keep and (steps[s] or s < newest)]
+    doomed = [s for s in sorted(steps) if s < newest and s not in keep]
     for s in doomed:
         delete_prefix(join_uri(root, step_name(s)))
     loc = parse_uri(root)
@@ -223,3 +337,55 @@ def prune(output: str, keep_last: int) -> list[int]:
         for t in temps:
             shutil.rmtree(loc.path / t, ignore_errors=True)
     return doomed
+
+
+class Checkpointer:
+    """A run's checkpoints under `output`: load with verification and fallback, save, verify, prune.
+
+    Order of a resume: list the complete checkpoints, then, newest first, read and verify each one
+    (every object against the manifest, then a weights-only load, then `check`, the caller's test
+    that the state fits its model) until one passes; nothing is deleted. A damaged checkpoint is
+    skipped with a warning naming it and the reason; if none passes, CheckpointError lists them all
+    (starting from scratch would silently overwrite them). A CheckpointConfigError from `check` is
+    raised at once: older checkpoints of the run have the same shapes. Order of a save: write, read
+    back and verify, and only then prune older ones.
+    """
+
+    def __init__(self, output: str, keep_last: int) -> None:
+        self.output = output
+        self.keep_last = keep_last
+        self.skipped: list[tuple[CheckpointRef, str]] = []  # (checkpoint, why) of the last load_latest
+        self.last_good: CheckpointRef | None = None  # the last checkpoint this process verified
+
+    def load_latest(self, check: Callable[[Loaded], None] | None = None) -> Loaded | None:
+        """The newest complete checkpoint that verifies and passes `check`; None when there is none at all."""
+        self.skipped = []
+        refs = list_complete(self.output)
+        for ref in reversed(refs):
+            try:
+                loaded = load(ref)
+                if check is not None:
+                    check(loaded)
+            except CheckpointConfigError:
+                raise
+            except CheckpointError as exc:
+                reason = _first_line(exc)
+                self.skipped.append((ref, reason))
+                log.warning("skipping checkpoint %s: %s", ref.uri, reason)
+                continue
+            self.last_good = loaded.ref
+            if self.skipped:
+                log.warning("resuming from %s, the newest checkpoint that verifies (skipped: %s)", ref.uri,
+                            ", ".join(step_name(r.step) for r, _ in self.skipped))
+            return loaded
+        if self.skipped:
+            raise CheckpointError(f"{checkpoints_uri(self.output)}: no usable checkpoint, all kept for inspection: "
+                                  + "; ".join(f"{step_name(r.step)}: {why}" for r, why in self.skipped))
+        return None
+
+    def save(self, step: int, files: dict[str, bytes], meta: dict[str, Any]) -> tuple[CheckpointRef, list[int]]:
+        """Write step `step`, verify it by reading it back, then prune; (the checkpoint, the pruned steps)."""
+        ref = save(self.output, step, files, meta)
+        verify(ref)  # raises CheckpointError, and nothing is pruned, if what landed is not what was written
+        self.last_good = ref
+        return ref, prune(self.output, self.keep_last, newest=step)

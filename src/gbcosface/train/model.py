@@ -47,7 +47,7 @@ class FaceModel(nn.Module):
         with self._autocast(images.device):
             emb = self.backbone(images)
         with torch.autocast(device_type=images.device.type, enabled=False):
-            out = self.head(emb.float())
+            out = self.head(emb.to(torch.promote_types(emb.dtype, torch.float32)))  # float64 stays float64
         if isinstance(out, tuple):
             cos, norms = out
             return cos, norms

@@ -90,3 +90,50 @@ def restore(
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return Progress.from_dict(state["progress"])
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _misfits(part: str, saved: Any, model: dict[str, tuple[int, ...] | None]) -> list[str]:
+    """Tensors of `part` whose saved shape differs from the model's, or that only one side has."""
+    if not isinstance(saved, dict):
+        return [f"{part} (saved as {type(saved).__name__}, not a state dict)"]
+    out = []
+    for key, shape in model.items():
+        if key not in saved:
+            out.append(f"{part}.{key} missing from the checkpoint")
+        elif _shape(saved[key]) != shape:
+            out.append(f"{part}.{key} saved {list(_shape(saved[key]) or ())} vs model {list(shape or ())}")
+    out += [f"{part}.{key} not in the model" for key in saved if key not in model]
+    return out
+
+
+def check_fits(state: dict[str, Any], *, classifier: Any, config_hash: str, where: str) -> None:
+    """Refuse, in one line, a checkpoint whose tensors do not fit the current model, before any load.
+
+    Why here and not in load_state_dict's error: that error is a traceback of every mismatched tensor
+    (120 lines for another backbone width) and says neither which checkpoint nor why. The usual cause
+    is a config changed under the same run.output, so the message gives both config hashes. The head
+    is compared as the whole (D, C) matrix the checkpoint always holds, also when the classes are sharded.
+    """
+    from gbcosface.train.checkpoint import CheckpointConfigError  # state.py stays free of storage imports
+
+    head = classifier.head
+    problems = _misfits("backbone", state.get("backbone"),
+                        {k: _shape(v) for k, v in classifier.backbone.state_dict().items()})
+    problems += _misfits("head", state.get("head"), {"weight": (head.embedding_size, head.num_classes)})
+    problems += _misfits("loss", state.get("loss"), {k: _shape(v) for k, v in classifier.loss.state_dict().items()})
+    if not problems:
+        return
+    saved_hash = str(state.get("config_hash"))
+    if saved_hash != config_hash:
+        why = f"the config changed: the checkpoint was written under config {saved_hash}, the current config is {config_hash}"
+    else:
+        why = f"the config is unchanged ({config_hash}), so the data's class count or the model code changed"
+    shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+    raise CheckpointConfigError(
+        f"{where}: does not fit the current model, {len(problems)} tensor(s) differ ({shown}); {why}; "
+        "resume with the checkpoint's config, or give this config a new run.output"
+    )

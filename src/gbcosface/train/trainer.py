@@ -12,7 +12,9 @@ Why the loop looks like this:
 - The classifier (train/classifier.py) is replicated (one DDP over backbone + head) or, with
   head.sharded, split by classes across ranks (DDP over the backbone only); the loop is the same.
 - Checkpoints are written by rank 0 only, with the RNG states of every rank (and, when sharded, the
-  head's columns and momentum) gathered to it.
+  head's columns and momentum) gathered to it. A resume reads and verifies before anything is deleted
+  and falls back past damaged checkpoints; a save is verified before older ones are pruned
+  (`checkpoint.Checkpointer`).
 - /metrics is served from process start: the exporter starts before data staging ("staging" phase).
 - SIGTERM (a pod eviction or a spot-node preemption, forwarded by torchrun) sets a flag; the flag
   rides on the step's loss all-reduce, so every rank finishes the same step, a complete checkpoint
@@ -149,6 +151,7 @@ class Trainer:
                              f"{cfg.data.batch_size} per process at world size {env.world_size}")
         self.scheduler = EpochLR(self.optimizer, cfg.schedule, self.batches_per_epoch)
         self.progress = train_state.Progress()
+        self.checkpointer = checkpoint.Checkpointer(cfg.run.output, cfg.run.keep_last)
         self.resumed_from: str | None = None
         self.last_terms: dict[str, float] = {}
         self.last_ckpt_step = -1
@@ -185,17 +188,31 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
+        """Rank 0 picks the newest checkpoint that verifies and fits (nothing is pruned here); all load it.
+
+        A CheckpointError on rank 0 (none usable, or a config that no longer fits) travels through the
+        broadcast, so every rank stops with the same one-line error instead of waiting for rank 0.
+        """
         env = self.env
-        ref = None
+        choice: checkpoint.CheckpointRef | checkpoint.CheckpointError | None = None
+        loaded = None
         if env.is_main:
-            checkpoint.prune(self.cfg.run.output, self.cfg.run.keep_last)  # clears torn/temporary leftovers
-            ref = checkpoint.latest_complete(self.cfg.run.output)
-        ref = broadcast_object(env, ref)  # every rank loads the checkpoint rank 0 chose
-        if ref is None:
+            try:
+                loaded = self.checkpointer.load_latest(check=self._check_fits)
+                choice = loaded.ref if loaded is not None else None
+            except checkpoint.CheckpointError as exc:
+                choice = exc
+        choice = broadcast_object(env, choice)  # every rank loads the checkpoint rank 0 chose
+        if isinstance(choice, checkpoint.CheckpointError):
+            raise choice
+        if choice is None:
             rng.seed_everything(rank_seed(self.cfg.run.seed, env.rank))
             return
-        state = checkpoint.read_file(ref, checkpoint.STATE_FILE)
-        rngs = checkpoint.read_file(ref, checkpoint.RNG_FILE)
+        ref = choice
+        if loaded is None:  # the other ranks read and verify the same checkpoint
+            loaded = checkpoint.load(ref)
+            self._check_fits(loaded)
+        state, rngs = loaded.state, loaded.rngs
         self.progress = train_state.restore(
             state, classifier=self.clf, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler, where=ref.uri,
         )
@@ -219,6 +236,9 @@ class Trainer:
         self.last_ckpt_step = self.progress.step
         if env.is_main:
             log.info("resumed from %s (step %d, epoch %d)", ref.uri, self.progress.step, self.progress.epoch)
+
+    def _check_fits(self, loaded: checkpoint.Loaded) -> None:
+        train_state.check_fits(loaded.state, classifier=self.clf, config_hash=self.config_hash, where=loaded.ref.uri)
 
     # ------------------------------------------------------------------------------------------- loop
     def total_steps(self) -> int:
@@ -358,7 +378,7 @@ class Trainer:
             self.metrics.inc_nonfinite(term)
         p.bad_steps += 1
         if snapshot is None or p.bad_steps > cfg.run.max_bad_steps:
-            last = checkpoint.latest_complete(cfg.run.output) if self.env.is_main else None
+            last = self.checkpointer.last_good if self.env.is_main else None  # not a newer damaged one
             where = f"the last good checkpoint is {last.uri}" if last else "no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"non-finite loss term(s) {', '.join(bad)} at step {p.step + 1} (epoch {p.epoch}); "
@@ -376,7 +396,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoint / val
     def save_checkpoint(self) -> checkpoint.CheckpointRef | None:
-        """Gather every rank's RNG state, then rank 0 writes the checkpoint and prunes old ones."""
+        """Gather every rank's RNG state, then rank 0 writes the checkpoint, verifies it and prunes old ones."""
         env, p = self.env, self.progress
         self.metrics.set_phase("checkpointing")
         rngs = all_gather_object(env, rng.capture(self.device))
@@ -395,8 +415,7 @@ class Trainer:
             }
             meta = {"epoch": p.epoch, "world_size": env.world_size, "config_hash": self.config_hash,
                     "samples_seen": p.samples_seen}
-            ref = checkpoint.save(self.cfg.run.output, p.step, files, meta)
-            deleted = checkpoint.prune(self.cfg.run.output, self.cfg.run.keep_last)
+            ref, deleted = self.checkpointer.save(p.step, files, meta)  # written, verified, then pruned
             log.info("checkpoint %s%s", ref.uri, f" (pruned steps {deleted})" if deleted else "")
         self.last_ckpt_step = p.step
         barrier(env)
