@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gbcosface.yaml_safe import load_yaml
+from gbcosface.yaml_safe import load_yaml, read_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def submit(host: str, params: dict[str, Any], experiment: str, run_name: str | N
 def check_params(package: str | Path, params: dict[str, Any]) -> None:
     """Refuse run parameters the compiled pipeline does not have (KFP would reject them after upload,
     or, for a parameter offered only from some backend on, the user would expect it to take effect)."""
-    ir = next(yaml.safe_load_all(Path(package).read_text()))
+    ir = read_yaml_file(package, all_documents=True)[0]
     known = set(ir.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
     unknown = sorted(set(params) - known)
     if unknown:
