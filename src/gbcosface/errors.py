@@ -30,6 +30,7 @@ EXIT_CODES: dict[tuple[str, str], int] = {
     ("gbcosface.launch.profile", "ProfileError"): EXIT_CONFIG,
     ("gbcosface.launch.validate", "JobValidationError"): EXIT_CONFIG,
     ("gbcosface.launch.spec", "JobSpecError"): EXIT_CONFIG,
+    ("gbcosface.train.checkpoint", "CheckpointConfigError"): EXIT_CONFIG,
     ("gbcosface.data.errors", "DataFormatError"): EXIT_DATA,
     ("gbcosface.data.bin_sets", "UnsafePickleError"): EXIT_DATA,
     ("gbcosface.models.io", "BackboneLoadError"): EXIT_DATA,
