@@ -11,9 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from gbcosface.storage import StorageError, URIError, default_transfer_config, stage
 from gbcosface.storage.local_server import LocalS3Server
@@ -138,8 +136,7 @@ def test_a_large_object_changed_between_head_and_ranged_get_is_a_storage_error(
 ) -> None:
     writer = s3_env.client()
     writer.put_object(Bucket=s3_bucket, Key="ds/big.rec", Body=os.urandom(6 * MiB))
-    client = boto3.session.Session().client(
-        "s3", endpoint_url=s3_env.endpoint_url, config=Config(s3={"addressing_style": "path"}))
+    client = s3_env.client()  # its own credentials: the suite runs with no AWS_* variables
 
     def overwrite(**kwargs):  # right after the stager's HEAD: someone rewrites the object
         writer.put_object(Bucket=s3_bucket, Key="ds/big.rec", Body=os.urandom(6 * MiB))
