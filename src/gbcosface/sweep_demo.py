@@ -76,7 +76,7 @@ def run_sweep_demo(out: Path, *, seed: int = 0, seeds: tuple[int, ...] = (0, 1, 
     else:
         generate_world(world_dir, spec, workers=min(2, os.cpu_count() or 1), overwrite=True)
     timings["synth_s"] = time.monotonic() - t0
-    for stale in ("work", "kfp", "compare"):
+    for stale in ("work", "kfp", "compare", "published"):
         shutil.rmtree(out / stale, ignore_errors=True)
 
     overrides = ["run.metrics_port=0", *(recipe_overrides or [])]  # iterations may overlap: no fixed ports
@@ -107,6 +107,8 @@ def run_sweep_demo(out: Path, *, seed: int = 0, seeds: tuple[int, ...] = (0, 1, 
         compare_uri = _compare_uri(run_dir)
         table = json.loads(get_bytes(f"{compare_uri}/comparison.json", endpoint_url=server.endpoint_url))
         download_dir(compare_uri, out / "compare", endpoint_url=server.endpoint_url)
+        # Every iteration's run (model, evaluation, report, summary) and the sweep's own prefix.
+        download_dir(f"{output_uri}/runs", out / "published", endpoint_url=server.endpoint_url)
     timings["total_s"] = time.monotonic() - t0
     text = format_text(table, SHOWN)
     summary = {"table": table, "text": text, "timings": timings, "compare_uri": compare_uri,
@@ -118,7 +120,7 @@ def run_sweep_demo(out: Path, *, seed: int = 0, seeds: tuple[int, ...] = (0, 1, 
     print(text)
     print()
     print(f"full table: {out / 'compare' / 'comparison.md'}; report with ROC curves: {out / 'compare' / 'report.html'}")
-    print(f"published to {compare_uri} (copied to {out / 'compare'})")
+    print(f"published to {compare_uri} (copied to {out / 'compare'}); every iteration's run in {out / 'published'}")
     print(f"wall time {timings['total_s']:.0f} s (pipeline {timings['pipeline_s']:.0f} s) on {summary['machine']}")
     return summary
 
