@@ -210,3 +210,31 @@ def test_compare_skips_mlflow_cleanly_without_a_tracking_uri_or_without_mlflow(t
                                   out_dir=str(tmp_path / "art"))
     assert res["mlflow_run_id"] is None and "mlflow is not installed" in caplog.text
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_compare_logs_a_parent_run_with_one_nested_run_per_iteration_to_mlflow(tmp_path, monkeypatch):
+    """Real MLflow (its file store, opted in as MLflow 3 requires) as the tracking backend."""
+    from mlflow.tracking import MlflowClient
+
+    out, plan = _published(tmp_path, TARS)
+    uri = f"file://{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweeps")
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(key, raising=False)
+    res = sweep.compare_sweep(plan=plan, run_id="r1", output_uri=str(out), target="IJBC", baseline="cos",
+                              out_dir=str(tmp_path / "art"))
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(res["mlflow_run_id"])
+    assert parent.info.run_name == "sweep-r1" and parent.info.status == "FINISHED"
+    assert parent.data.params["baseline"] == "cos" and parent.data.params["variants"] == "gb,cos"
+    assert parent.data.metrics["delta/gb/tar_at_1e-4/nearest"] == pytest.approx(0.125, rel=1e-12)
+    assert parent.data.metrics["gb/tar_at_1e-4/nearest/mean"] == pytest.approx(0.85, rel=1e-12)
+    assert {f.path for f in client.list_artifacts(parent.info.run_id, "compare")} >= {
+        "compare/comparison.json", "compare/comparison.md", "compare/report.html", "compare/roc.png"}
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["cos-s0", "cos-s1", "gb-s0", "gb-s1"]
+    child = next(c for c in children if c.info.run_name == "gb-s1")
+    assert child.data.params["run_id"] == "r1-gb-s1" and child.data.metrics["tar_at_1e-4/nearest"] == 0.9

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,8 @@ def compare_sweep(*, plan: list[dict[str, Any]], run_id: str, output_uri: str, t
                "flags": " | ".join(sorted(flags)), "compare uri": join_uri(make_run_uri(output_uri, run_id), "compare", folder)}
     table["target"] = folder
     table["context"] = context
-    png = cmp.roc_overlay_png(cmp.curves_of(runs), f"ROC on {folder}") if cmp.curves_of(runs) else None
+    curves = cmp.curves_of(runs)
+    png = cmp.roc_overlay_png(curves, f"ROC on {folder}") if curves else None
     markdown = cmp.format_markdown(table, title)
     page = cmp.render_html(table, png, title, context)
 
@@ -203,39 +205,67 @@ def compare_sweep(*, plan: list[dict[str, Any]], run_id: str, output_uri: str, t
 
 
 def log_to_mlflow(table: dict[str, Any], runs: list[Any], files: str | os.PathLike) -> str | None:
-    """Log the comparison to MLflow: a parent run (the means, the paired differences and the files) with
-    one nested run per iteration (its variant, seed, run id and metrics). Skipped, returning None, when
-    MLFLOW_TRACKING_URI is unset or mlflow is not installed; returns the parent run's id otherwise.
-    (Inside a KFP 2.17 task whose backend set MLFLOW_RUN_ID, start_run continues that task's run.)"""
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    """Log the comparison to MLflow: a parent run (the means, the paired differences, the files) with one
+    nested run per iteration (its variant, seed, run id and metrics). Returns the parent run's id.
+
+    Optional by design: skipped (None) when MLFLOW_TRACKING_URI is unset or mlflow is not installed, and
+    a tracking failure is a warning (the table is already published to S3). Inside a KFP 2.17 task whose
+    backend set MLFLOW_RUN_ID (kubeflow/pipelines proposals/12862), that run is the parent; otherwise a
+    run is created in MLFLOW_EXPERIMENT_ID, or the experiment MLFLOW_EXPERIMENT_NAME (default gbcosface).
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
         log.info("MLFLOW_TRACKING_URI is not set: the comparison is not logged to MLflow")
         return None
     try:
-        import mlflow
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
     except ImportError:
         log.warning("MLFLOW_TRACKING_URI is set but mlflow is not installed: the comparison is not logged")
         return None
     from gbcosface.eval.compare import metric_values
 
-    def safe(key: str) -> str:  # MLflow metric names: alphanumerics, _ - . / and spaces
-        return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key)
+    def safe(key: str) -> str:  # MLflow names: alphanumerics, _ - . / and spaces (`tar@1e-4` -> `tar_at_1e-4`)
+        return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key.replace("@", "_at_"))
 
-    with mlflow.start_run(run_name=f"sweep-{table['context']['sweep run id']}") as parent:
-        mlflow.log_params({"baseline": table["baseline"], "target": table["target"],
-                           "variants": ",".join(table["variants"]), "confidence": table["confidence"]})
+    def batch(client: Any, run_id: str, metrics: dict[str, float], params: dict[str, Any]) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(safe(k), float(v), now, 0) for k, v in metrics.items()]
+        for i in range(0, max(len(items), 1), 1000):  # MLflow's limit per call
+            client.log_batch(run_id, metrics=items[i:i + 1000],
+                             params=[Param(safe(k), str(v)) for k, v in params.items()] if i == 0 else [])
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        parent = os.environ.get("MLFLOW_RUN_ID") or ""
+        own = not parent
+        if parent:
+            experiment = client.get_run(parent).info.experiment_id
+        else:
+            experiment = os.environ.get("MLFLOW_EXPERIMENT_ID") or ""
+            if not experiment:
+                name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "gbcosface"
+                found = client.get_experiment_by_name(name)
+                experiment = found.experiment_id if found else client.create_experiment(name)
+            parent = client.create_run(experiment, run_name=f"sweep-{table['context']['sweep run id']}").info.run_id
         summary = {}
         for v in table["variants"]:
-            for k, s in table["stats"][v].items():
-                if s["mean"] is not None:
-                    summary[safe(f"{v}/{k}/mean")] = s["mean"]
-            for k, d in table["diffs"].get(v, {}).items():
-                if d["mean"] is not None:
-                    summary[safe(f"delta/{v}/{k}")] = d["mean"]
-        mlflow.log_metrics(summary)
-        mlflow.log_artifacts(str(files), artifact_path="compare")
+            summary.update({f"{v}/{k}/mean": s["mean"] for k, s in table["stats"][v].items() if s["mean"] is not None})
+            summary.update({f"delta/{v}/{k}": d["mean"] for k, d in table["diffs"].get(v, {}).items()
+                            if d["mean"] is not None})
+        batch(client, parent, summary, {"baseline": table["baseline"], "target": table["target"],
+                                        "variants": ",".join(table["variants"]), "confidence": table["confidence"]})
+        client.log_artifacts(parent, str(files), artifact_path="compare")
         for r in runs:
-            with mlflow.start_run(run_name=f"{r.variant}-s{r.seed}", nested=True):
-                mlflow.log_params({"variant": r.variant, "seed": r.seed, "run_id": r.run_id, "uri": r.uri,
-                                   "config_hash": (r.metrics.get("lineage") or {}).get("config_hash", "")})
-                mlflow.log_metrics({safe(k): v for k, v in metric_values(r.metrics).items() if v is not None})
-        return parent.info.run_id
+            child = client.create_run(experiment, run_name=f"{r.variant}-s{r.seed}",
+                                      tags={"mlflow.parentRunId": parent}).info.run_id
+            batch(client, child, {k: v for k, v in metric_values(r.metrics).items() if v is not None},
+                  {"variant": r.variant, "seed": r.seed, "run_id": r.run_id, "uri": r.uri,
+                   "config_hash": (r.metrics.get("lineage") or {}).get("config_hash", "")})
+            client.set_terminated(child)
+        if own:
+            client.set_terminated(parent)
+        return parent
+    except Exception as exc:  # tracking is optional: the table is published already
+        log.warning("logging the comparison to MLflow at %s failed: %s", uri, exc)
+        return None
