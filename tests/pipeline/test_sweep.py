@@ -238,3 +238,20 @@ def test_compare_logs_a_parent_run_with_one_nested_run_per_iteration_to_mlflow(t
     assert sorted(c.info.run_name for c in children) == ["cos-s0", "cos-s1", "gb-s0", "gb-s1"]
     child = next(c for c in children if c.info.run_name == "gb-s1")
     assert child.data.params["run_id"] == "r1-gb-s1" and child.data.metrics["tar_at_1e-4/nearest"] == 0.9
+
+
+def test_demo_sweep_flags_reach_the_sweep_demo(monkeypatch, tmp_path):
+    """`gbcosface demo --sweep` is a small branch of the demo verb: its flags reach run_sweep_demo (the run
+    itself is tests/e2e/test_local_sweep.py)."""
+    import gbcosface.sweep_demo
+    from gbcosface.cli import main
+
+    seen = {}
+    monkeypatch.setattr(gbcosface.sweep_demo, "run_sweep_demo", lambda out, **kw: seen.update(out=out, **kw))
+    assert main(["demo", "--sweep", "--seeds", "4,7", "--variants", "arcface,cosface", "--steps", "30",
+                 "--baseline", "arcface", "--out", str(tmp_path / "o")]) == 0
+    assert seen["out"] == tmp_path / "o" and seen["seeds"] == (4, 7) and seen["variants"] == ["arcface", "cosface"]
+    assert seen["steps"] == 30 and seen["baseline"] == "arcface" and seen["replicas"] == 2
+    seen.clear()
+    assert main(["demo", "--sweep"]) == 0
+    assert str(seen["out"]) == "compare-out" and seen["seeds"] == (0, 1, 2) and seen["variants"] is None
