@@ -29,8 +29,10 @@ from components.gbcosface_components import (
     train_model,
 )
 from gbcosface.steps.sweep import default_variants
-from pipelines.train_eval import DAY, RUN_ID, S3_ENV
+from pipelines.train_eval import DAY, S3_ENV
 from pipelines.train_eval import CompileOptions as TrainEvalOptions
+
+RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's unique id, passed whole to the sweep-level steps
 
 
 @dataclass

@@ -2,10 +2,10 @@
 
 The DAG is checked on the IR that KFP's compiler writes, against the same backend rules as the main
 pipeline (gbcosface.pipeline_rules); the backend facts it relies on were read at the release tags:
-- kubeflow/pipelines@2.5.0:backend/src/v2/driver/driver.go `handleParameterExpressionSelector` and
-  @2.4.1:backend/src/v2/expression/expression.go `parseJson`: a loop item's field (`it.run_id`) reaches
-  the task through a parameterExpressionSelector, resolved per iteration (also in 2.15.0, 2.17.0
-  backend/src/v2/driver/resolve.go);
+- kubeflow/pipelines@2.4.1:backend/src/v2/driver/driver.go (`GetParameterExpressionSelector`,
+  `expr.Select`) with @2.4.1:backend/src/v2/expression/expression.go `parseJson`: a loop item's field
+  (`it.run_id`) reaches the task through a parameterExpressionSelector, resolved per iteration (the same
+  in 2.5.0 driver.go and 2.15.0 / 2.17.0 backend/src/v2/driver/resolve.go);
 - @2.5.0:backend/src/v2/compiler/argocompiler/dag.go: iteratorPolicy.parallelismLimit becomes the Argo
   loop's `parallelism`;
 - `dsl.Collected` fan-in reached the backend only with kubeflow/pipelines#11725 (first in 2.14.0:
