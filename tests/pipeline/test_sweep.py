@@ -255,3 +255,12 @@ def test_demo_sweep_flags_reach_the_sweep_demo(monkeypatch, tmp_path):
     seen.clear()
     assert main(["demo", "--sweep"]) == 0
     assert str(seen["out"]) == "compare-out" and seen["seeds"] == (0, 1, 2) and seen["variants"] is None
+
+
+def test_compare_names_the_iteration_whose_evaluation_is_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out, plan = _published(tmp_path, TARS)
+    (out / "runs" / "r1-cos-s1" / "eval" / "IJBC" / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"iteration cos-s1 published no IJBC evaluation: .*r1-cos-s1"):
+        sweep.compare_sweep(plan=plan, run_id="r1", output_uri=str(out), target="IJBC", baseline="cos",
+                            out_dir=str(tmp_path / "art"))

@@ -166,22 +166,27 @@ def compare_sweep(*, plan: list[dict[str, Any]], run_id: str, output_uri: str, t
     (comparison.json, comparison.md, report.html, roc.png) to `out_dir` and to
     `<output_uri>/runs/<run id>/compare/<target>/`, and log it to MLflow when tracking is on."""
     from gbcosface.eval import compare as cmp
-    from gbcosface.storage import upload
+    from gbcosface.storage import NotFoundError, upload
 
     endpoint = endpoint_url or None
     folder = target.upper()
+    sweep_id = check_run_id(run_id)
     runs = []
     for it in plan:
         uri = make_run_uri(output_uri, it["run_id"])
-        metrics = json.loads(get_bytes(join_uri(uri, "eval", folder, "metrics.json"), endpoint_url=endpoint))
+        where = join_uri(uri, "eval", folder, "metrics.json")
+        try:
+            metrics = json.loads(get_bytes(where, endpoint_url=endpoint))
+        except NotFoundError:
+            raise NotFoundError(f"iteration {it['name']} published no {folder} evaluation: {where} is missing") from None
         runs.append(cmp.RunResult(variant=it["variant"], seed=int(it["seed"]), metrics=metrics,
                                   run_id=it["run_id"], uri=uri))
     variants = list(dict.fromkeys(it["variant"] for it in plan))
     table = cmp.compare_runs(runs, baseline=baseline, confidence=confidence, variants=variants)
     flags = {json.dumps(r.metrics.get("flags"), sort_keys=True) for r in runs}
     title = f"{folder}: {' vs '.join(variants)} over {len(table['seeds'][variants[0]])} seed(s)"
-    context = {"sweep run id": run_id, "target": folder, "baseline": baseline,
-               "flags": " | ".join(sorted(flags)), "compare uri": join_uri(make_run_uri(output_uri, run_id), "compare", folder)}
+    context = {"sweep run id": sweep_id, "target": folder, "baseline": baseline, "flags": " | ".join(sorted(flags)),
+               "compare uri": join_uri(make_run_uri(output_uri, sweep_id), "compare", folder)}
     table["target"] = folder
     table["context"] = context
     curves = cmp.curves_of(runs)
