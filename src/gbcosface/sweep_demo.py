@@ -57,7 +57,7 @@ def run_sweep_demo(out: Path, *, seed: int = 0, seeds: tuple[int, ...] = (0, 1, 
     from gbcosface.eval.compare import format_text
     from gbcosface.pipeline_cli import run_local
     from gbcosface.steps.sweep import default_variants
-    from gbcosface.storage import download_dir, get_bytes
+    from gbcosface.storage import download_dir, get_bytes, upload
     from gbcosface.storage.local_server import LocalS3Server
 
     t0 = time.monotonic()
@@ -83,32 +83,35 @@ def run_sweep_demo(out: Path, *, seed: int = 0, seeds: tuple[int, ...] = (0, 1, 
     if steps is not None:
         overrides.append(f"schedule.max_steps={steps}")
     output_uri = f"s3://{BUCKET}/sweep"
-    with LocalS3Server(log_path=out / "s3-server.log") as server:
-        os.environ.update(server.env())
-        server.create_bucket(BUCKET)
-        data_uri = f"s3://{BUCKET}/datasets/synthetic-seed{seed}"
-        from gbcosface.storage import upload
-
-        upload(world_dir, data_uri, endpoint_url=server.endpoint_url)
-        params = {
-            "data_uri": data_uri, "output_uri": output_uri, "recipe": "demo", "overrides": overrides,
-            "variants": [known[n] for n in names], "seeds": list(seeds), "baseline": baseline,
-            "endpoint_url": server.endpoint_url, "launcher": "local", "nnodes": replicas, "nproc_per_node": 1,
-            "gpus_per_node": 0, "work_dir": str(out / "work"), "ijb_target": "IJBC", "export_onnx": False,
-        }
-        log_path = out / "pipeline.log"
-        log_path.unlink(missing_ok=True)
-        print(f"running the sweep ({len(names)} variants x {len(seeds)} seeds, KFP local runner); "
-              f"step logs go to {log_path}", flush=True)
-        t = time.monotonic()
-        with step_console(log_path, quiet=quiet):
-            run_dir = run_local(params, out / "kfp", pipeline="sweep", parallelism=parallelism)
-        timings["pipeline_s"] = time.monotonic() - t
-        compare_uri = _compare_uri(run_dir)
-        table = json.loads(get_bytes(f"{compare_uri}/comparison.json", endpoint_url=server.endpoint_url))
-        download_dir(compare_uri, out / "compare", endpoint_url=server.endpoint_url)
-        # Every iteration's run (model, evaluation, report, summary) and the sweep's own prefix.
-        download_dir(f"{output_uri}/runs", out / "published", endpoint_url=server.endpoint_url)
+    saved_env = dict(os.environ)
+    try:
+        with LocalS3Server(log_path=out / "s3-server.log") as server:
+            os.environ.update(server.env())
+            server.create_bucket(BUCKET)
+            data_uri = f"s3://{BUCKET}/datasets/synthetic-seed{seed}"
+            upload(world_dir, data_uri, endpoint_url=server.endpoint_url)
+            params = {
+                "data_uri": data_uri, "output_uri": output_uri, "recipe": "demo", "overrides": overrides,
+                "variants": [known[n] for n in names], "seeds": list(seeds), "baseline": baseline,
+                "endpoint_url": server.endpoint_url, "launcher": "local", "nnodes": replicas, "nproc_per_node": 1,
+                "gpus_per_node": 0, "work_dir": str(out / "work"), "ijb_target": "IJBC", "export_onnx": False,
+            }
+            log_path = out / "pipeline.log"
+            log_path.unlink(missing_ok=True)
+            print(f"running the sweep ({len(names)} variants x {len(seeds)} seeds, KFP local runner); "
+                  f"step logs go to {log_path}", flush=True)
+            t = time.monotonic()
+            with step_console(log_path, quiet=quiet):
+                run_dir = run_local(params, out / "kfp", pipeline="sweep", parallelism=parallelism)
+            timings["pipeline_s"] = time.monotonic() - t
+            compare_uri = _compare_uri(run_dir)
+            table = json.loads(get_bytes(f"{compare_uri}/comparison.json", endpoint_url=server.endpoint_url))
+            download_dir(compare_uri, out / "compare", endpoint_url=server.endpoint_url)
+            # Every iteration's run (model, evaluation, report, summary) and the sweep's own prefix.
+            download_dir(f"{output_uri}/runs", out / "published", endpoint_url=server.endpoint_url)
+    finally:  # the steps ran with the local server's variables; the caller's environment comes back
+        os.environ.clear()
+        os.environ.update(saved_env)
     timings["total_s"] = time.monotonic() - t0
     text = format_text(table, SHOWN)
     summary = {"table": table, "text": text, "timings": timings, "compare_uri": compare_uri,

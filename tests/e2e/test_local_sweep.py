@@ -9,6 +9,7 @@ prints the table.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -27,11 +28,13 @@ TINY_TRAINING = ["model.width=8", "model.embedding_size=32", "data.batch_size=16
 
 def test_two_variants_one_seed_train_evaluate_publish_and_compare(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     out = tmp_path / "out"
     # Both iterations side by side (the local runner's most), through `gbcosface demo --sweep`'s code.
     summary = run_sweep_demo(out, seed=3, seeds=(5,), variants=["gb_cosface", "cosface"], steps=6, replicas=1,
                              baseline="cosface", parallelism=2, world_overrides=TINY_WORLD,
                              recipe_overrides=TINY_TRAINING)
+    assert "AWS_ENDPOINT_URL" not in os.environ  # the stopped server's address does not leak to the caller
     table = summary["table"]
     assert table["variants"] == ["gb_cosface", "cosface"] and table["baseline"] == "cosface"
     assert table["seeds"] == {"gb_cosface": [5], "cosface": [5]}
