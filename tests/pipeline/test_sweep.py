@@ -89,11 +89,12 @@ def test_parallelism_is_set_at_compile_time_and_must_not_be_negative(tmp_path):
 def test_iterations_cover_every_variant_and_seed_with_run_scoped_ids_and_ordered_overrides():
     plan = sweep.plan_iterations(run_id="8c1f-uuid", variants=sweep.default_variants()[:2], seeds=[0, 1.0],
                                  overrides=["schedule.max_steps=50"])
-    assert [it["name"] for it in plan] == ["gb_cosface-s0", "gb_cosface-s1", "cosface-s0", "cosface-s1"]
-    assert [it["run_id"] for it in plan] == ["8c1f-uuid-gb_cosface-s0", "8c1f-uuid-gb_cosface-s1",
-                                             "8c1f-uuid-cosface-s0", "8c1f-uuid-cosface-s1"]
+    # Seed-major: a sweep stopped early has compared every variant on its first seeds.
+    assert [it["name"] for it in plan] == ["gb_cosface-s0", "cosface-s0", "gb_cosface-s1", "cosface-s1"]
+    assert [it["run_id"] for it in plan] == ["8c1f-uuid-gb_cosface-s0", "8c1f-uuid-cosface-s0",
+                                             "8c1f-uuid-gb_cosface-s1", "8c1f-uuid-cosface-s1"]
     assert plan[3]["seed"] == 1 and isinstance(plan[3]["seed"], int)
-    assert plan[2]["overrides"] == ["schedule.max_steps=50", "loss.name=cosface", 'loss.params={"s": 64.0, "m": 0.35}',
+    assert plan[1]["overrides"] == ["schedule.max_steps=50", "loss.name=cosface", 'loss.params={"s": 64.0, "m": 0.35}',
                                     "run.seed=0"]
     # An unsubstituted placeholder never names a run.
     with pytest.raises(ValueError, match="not a resolved run id"):

@@ -99,17 +99,19 @@ def iteration_run_id(run_id: str, variant: str, seed: int) -> str:
 
 def plan_iterations(*, run_id: str, variants: Any, seeds: Any, overrides: list[str] | None = None
                     ) -> list[dict[str, Any]]:
-    """Every (variant, seed) in order: {"name", "variant", "seed", "run_id", "overrides"}.
+    """Every (variant, seed), seed-major: {"name", "variant", "seed", "run_id", "overrides"}.
 
     An iteration's overrides are the sweep's, then the variant's, then `run.seed=<seed>`: equal budget
-    and data for every variant, only the method and the seed differ.
+    and data for every variant, only the method and the seed differ. Seed-major order (every variant of
+    seed 0, then of seed 1, ...) means that a sweep run with bounded parallelism and stopped early has
+    compared every variant on the same first seeds.
     """
     checked = check_variants(variants)
     seed_list = check_seeds(seeds)
     return [{"name": f"{v['name']}-s{s}", "variant": v["name"], "seed": s,
              "run_id": iteration_run_id(run_id, v["name"], s),
              "overrides": [*(overrides or []), *v["overrides"], f"run.seed={s}"]}
-            for v in checked for s in seed_list]
+            for s in seed_list for v in checked]
 
 
 def check_configs(plan: list[dict[str, Any]], recipe: str) -> None:
