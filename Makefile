@@ -6,7 +6,7 @@ MXVENV ?= .venv-mxnet
 , := ,
 STAMP := $(VENV)/.installed
 
-.PHONY: venv mxnet-venv prometheus test test-fast lint demo compile print-image print-kfp-backend bench container-tools build-images image-test clean
+.PHONY: venv mxnet-venv prometheus test test-fast lint demo compare compile print-image print-kfp-backend bench container-tools build-images image-test clean
 
 venv: $(STAMP)
 
@@ -68,6 +68,11 @@ comma := ,
 # PyTorchJob on CPU, IJB-C-like evaluation, gate, publish; prints trained vs untrained TAR@FAR.
 demo: venv
 	$(PY) -m gbcosface demo --out demo-out
+
+# The method comparison (pipelines/sweep.py) on the same world: gb_cosface vs cosface vs arcface,
+# 3 seeds each at the demo's budget, one iteration at a time; prints the table (not part of `make test`).
+compare: venv
+	$(PY) -m gbcosface demo --sweep --out compare-out
 
 # The container image (docs/containers.md): ONE image, $(IMAGE), for the KFP steps and the PyTorchJob
 # pods. ENGINE=podman|docker; PUSH=1 pushes. Without BASE_IMAGE the base is built from Debian packages

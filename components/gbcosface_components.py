@@ -191,3 +191,61 @@ def cleanup_job(run_id: str, launcher: str, job_kind: str, namespace: str) -> st
     from gbcosface.steps.train import cleanup_job as run
 
     return run(run_id=run_id, launcher=launcher, job_kind=job_kind, namespace=namespace)
+
+
+# The sweep (pipelines/sweep.py): one planning step, the train/evaluate/publish steps above per
+# (variant, seed), one comparison.
+
+
+@_component
+def plan_sweep(
+    dataset: Input[Dataset],
+    run_id: str,
+    output_uri: str,
+    recipe: str,
+    overrides: list,
+    variants: list,
+    seeds: list,
+    endpoint_url: str,
+) -> list:
+    """Plan every (variant, seed) iteration, with its own run id and the dataset pinned under its prefix."""
+    from gbcosface.steps.sweep import plan_sweep as run
+
+    return run(dataset_manifest=dataset.path, run_id=run_id, output_uri=output_uri, variants=list(variants),
+               seeds=list(seeds), overrides=list(overrides), recipe=recipe, endpoint_url=endpoint_url)
+
+
+@_component
+def compare_sweep(
+    plan: list,
+    run_id: str,
+    output_uri: str,
+    target: str,
+    baseline: str,
+    confidence: float,
+    endpoint_url: str,
+    table: Output[Markdown],
+    report: Output[HTML],
+    results: Output[Dataset],
+) -> str:
+    """The comparison table (mean and sd over seeds, paired differences to the baseline), published to S3."""
+    from gbcosface.steps.sweep import compare_sweep as run
+
+    out = run(plan=list(plan), run_id=run_id, output_uri=output_uri, target=target, baseline=baseline,
+              confidence=confidence, endpoint_url=endpoint_url, out_dir=results.path)
+    with open(table.path, "w") as fh:
+        fh.write(out["markdown"])
+    with open(report.path, "w") as fh:
+        fh.write(out["html"])
+    results.metadata["compare_uri"] = out["uri"]
+    return out["uri"]
+
+
+@_component
+def cleanup_sweep_jobs(run_id: str, variants: list, seeds: list, launcher: str, job_kind: str,
+                       namespace: str) -> str:
+    """Exit handler: delete every iteration's training job that a cancelled or failed sweep left running."""
+    from gbcosface.steps.sweep import cleanup_sweep_jobs as run
+
+    return run(run_id=run_id, variants=list(variants), seeds=list(seeds), launcher=launcher, job_kind=job_kind,
+               namespace=namespace)

@@ -176,6 +176,14 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.sweep:  # the method comparison: gbcosface.sweep_demo
+        from gbcosface.sweep_demo import run_sweep_demo
+
+        run_sweep_demo(Path(args.out if args.out != "demo-out" else "compare-out"), seed=args.seed,
+                       seeds=tuple(int(s) for s in args.seeds.split(",")),
+                       variants=args.variants.split(",") if args.variants else None, steps=args.steps,
+                       replicas=args.replicas, baseline=args.baseline, quiet=not args.show_logs)
+        return 0
     run_demo(Path(args.out), seed=args.seed, steps=args.steps, replicas=args.replicas,
              gate_min_tar=args.gate_min_tar, quiet=not args.show_logs, runner=args.runner, image=args.image)
     return 0
@@ -194,4 +202,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="docker: every step and training replica in a container of --image (Docker API of "
                         "DOCKER_HOST, else a podman service started for the run)")
     p.add_argument("--image", default=None, help="with --runner docker: the image (make build-images)")
+    p.add_argument("--sweep", action="store_true",
+                   help="compare methods instead (`make compare`): gb_cosface, cosface, arcface x --seeds, equal "
+                        "steps, one pipeline run, one table (out: compare-out)")
+    p.add_argument("--seeds", default="0,1,2", help="with --sweep: training seeds, comma-separated")
+    p.add_argument("--variants", default="", help="with --sweep: a subset of gb_cosface,cosface,arcface")
+    p.add_argument("--baseline", default="cosface", help="with --sweep: the variant the differences are to")
     p.set_defaults(func=_cmd_demo)
