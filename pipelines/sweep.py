@@ -16,7 +16,7 @@ run at once: 0 runs them all side by side on a cluster; the local runner runs at
 
 from dataclasses import dataclass
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from components.gbcosface_components import (
     cleanup_sweep_jobs,
@@ -28,11 +28,18 @@ from components.gbcosface_components import (
     stage_data,
     train_model,
 )
+from gbcosface.pipeline_backends import get_backend, run_id_argument, without_parameters
 from gbcosface.steps.sweep import default_variants
-from pipelines.train_eval import DAY, S3_ENV
+from pipelines.train_eval import (
+    DAY,
+    RUNTIME_K8S_PARAMS,
+    eval_resources,
+    gpu_tolerations,
+    pipeline_config,
+    runtime_k8s,
+    step_wiring,
+)
 from pipelines.train_eval import CompileOptions as TrainEvalOptions
-
-RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's unique id, passed whole to the sweep-level steps
 
 
 @dataclass
@@ -47,13 +54,11 @@ def build_pipeline(options: "CompileOptions | None" = None):
     opts = options or CompileOptions()
     if opts.parallelism < 0:
         raise ValueError(f"parallelism must be >= 0 (0: unbounded), got {opts.parallelism}")
+    # Built for one KFP backend, as train_eval is (gbcosface.pipeline_backends): the same step wiring.
+    backend = get_backend(opts.backend)
+    run_id = run_id_argument(backend)  # the run's unique id, whole; "" below 2.5
+    pull_secret_default = opts.image_pull_secrets[0] if opts.image_pull_secrets else ""
 
-    @dsl.pipeline(
-        name="gbcosface-sweep",
-        description="Train and evaluate several methods (variants) with several seeds on one staged dataset, "
-                    "then compare them: mean and sd over seeds, paired differences to a baseline.",
-        pipeline_config=dsl.PipelineConfig(ttl_seconds_after_finished=opts.run_ttl_s),
-    )
     def gbcosface_sweep(
         data_uri: str,
         output_uri: str,
@@ -73,7 +78,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
         trainer_image: str = opts.image,
         namespace: str = "",
         cluster_profile: str = "",
-        s3_secret: str = "gbcosface-s3",
+        s3_secret: str = opts.s3_secret,
         work_dir: str = "/tmp/gbcosface",
         train_timeout_s: int = 7 * DAY,
         ijb_target: str = "IJBC",
@@ -81,26 +86,20 @@ def build_pipeline(options: "CompileOptions | None" = None):
         norm_score: bool = True,
         detector_score: bool = True,
         export_onnx: bool = True,
+        image_pull_secret: str = pull_secret_default,
+        eval_tolerations: list = gpu_tolerations(opts),  # noqa: B006, B008 - KFP needs a literal default
     ):
-        def step(task: dsl.PipelineTask, display: str, timeout_s: int, s3: bool = True) -> dsl.PipelineTask:
-            task.set_caching_options(False).set_display_name(display)
-            if opts.runtime_images:
-                task.set_container_image(pipeline_image)
-            if opts.image_pull_secrets:
-                kubernetes.set_image_pull_secrets(task, list(opts.image_pull_secrets))
-            kubernetes.set_timeout(task, timeout_s)
-            if s3:
-                kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env=S3_ENV, optional=True)
-            return task
+        step = step_wiring(opts, backend, pipeline_image=pipeline_image, s3_secret=s3_secret,
+                           image_pull_secret=image_pull_secret)
 
-        cleanup = step(cleanup_sweep_jobs(run_id=RUN_ID, variants=variants, seeds=seeds, launcher=launcher,
+        cleanup = step(cleanup_sweep_jobs(run_id=run_id, variants=variants, seeds=seeds, launcher=launcher,
                                           job_kind=job_kind, namespace=namespace),
                        "clean up training jobs", opts.small_timeout_s, s3=False)
         with dsl.ExitHandler(cleanup, name="sweep-with-cleanup"):
-            staged = step(stage_data(data_uri=data_uri, output_uri=output_uri, run_id=RUN_ID, work_dir=work_dir,
+            staged = step(stage_data(data_uri=data_uri, output_uri=output_uri, run_id=run_id, work_dir=work_dir,
                                      endpoint_url=endpoint_url), "stage dataset", opts.stage_timeout_s)
             staged.set_retry(num_retries=2, backoff_duration="60s")
-            plan = step(plan_sweep(dataset=staged.outputs["dataset"], run_id=RUN_ID, output_uri=output_uri,
+            plan = step(plan_sweep(dataset=staged.outputs["dataset"], run_id=run_id, output_uri=output_uri,
                                    recipe=recipe, overrides=overrides, variants=variants, seeds=seeds,
                                    endpoint_url=endpoint_url), "plan the sweep", opts.small_timeout_s)
 
@@ -121,12 +120,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
                     work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
                     detector_score=detector_score, gate_far=1e-4), "evaluate other IJB targets", opts.eval_timeout_s)
                 for task in (evaluated, others):
-                    if opts.eval_gpu:
-                        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-                        kubernetes.add_toleration(task, key=opts.gpu_toleration_key, operator="Exists",
-                                                  effect="NoSchedule")
-                    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
-                                               medium="Memory", size_limit=opts.eval_shm)
+                    eval_resources(task, opts, backend, eval_tolerations)
                 # Every iteration is published (no gate: a comparison reports every result).
                 published = step(publish(
                     model=trained.outputs["model"], results=evaluated.outputs["results"],
@@ -135,11 +129,18 @@ def build_pipeline(options: "CompileOptions | None" = None):
                     "publish to S3", opts.publish_timeout_s)
                 published.set_retry(num_retries=2, backoff_duration="60s")
 
-            step(compare_sweep(plan=plan.output, run_id=RUN_ID, output_uri=output_uri, target=ijb_target,
+            step(compare_sweep(plan=plan.output, run_id=run_id, output_uri=output_uri, target=ijb_target,
                                baseline=baseline, confidence=confidence, endpoint_url=endpoint_url),
                  "compare", opts.small_timeout_s).after(published)
 
-    return gbcosface_sweep
+    if not runtime_k8s(backend):
+        gbcosface_sweep = without_parameters(gbcosface_sweep, RUNTIME_K8S_PARAMS)
+    return dsl.pipeline(
+        name="gbcosface-sweep",
+        description="Train and evaluate several methods (variants) with several seeds on one staged dataset, "
+                    "then compare them: mean and sd over seeds, paired differences to a baseline.",
+        pipeline_config=pipeline_config(opts, backend),
+    )(gbcosface_sweep)
 
 
 gbcosface_sweep = build_pipeline()

@@ -24,7 +24,9 @@ pull secret and GPU toleration are fixed at compile time; below 2.15 the Secret'
 below 2.17 the run has no TTL (docs/pipeline.md, "Supported backends").
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kfp import dsl, kubernetes
 
@@ -41,7 +43,13 @@ from components.gbcosface_components import (
 from gbcosface import s3_env
 from gbcosface.images import DEFAULT_IMAGE
 from gbcosface.pipeline_backends import DEFAULT as DEFAULT_BACKEND
-from gbcosface.pipeline_backends import get_backend, run_id_argument, set_run_id_env, without_parameters
+from gbcosface.pipeline_backends import (
+    Backend,
+    get_backend,
+    run_id_argument,
+    set_run_id_env,
+    without_parameters,
+)
 
 DAY = 24 * 3600
 
@@ -89,13 +97,60 @@ S3_OPTIONAL_KEYS = (s3_env.ENDPOINT_URL,)
 RUNTIME_K8S_PARAMS = ("image_pull_secret", "eval_tolerations")
 
 
+def runtime_k8s(backend: Backend) -> bool:
+    """Whether `backend` resolves secret names and tolerations from run parameters (2.5+)."""
+    return backend.has("param_secret_names") and backend.has("param_tolerations")
+
+
+def gpu_tolerations(opts: CompileOptions) -> list[dict]:
+    return [{"key": opts.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def step_wiring(opts: CompileOptions, backend: Backend, *, pipeline_image: Any, s3_secret: Any,
+                image_pull_secret: Any) -> Callable[..., dsl.PipelineTask]:
+    """The settings every step of a DAG built for `backend` gets (both pipelines use it): display name,
+    no caching, the image, pull secrets, deadline, the run id (below 2.5) and the S3 Secret."""
+    by_parameter = runtime_k8s(backend)
+    optional = backend.has("optional_secret_env")
+    keys = S3_ENV if optional else {k: v for k, v in S3_ENV.items() if k not in S3_OPTIONAL_KEYS}
+
+    def step(task: dsl.PipelineTask, display: str, timeout_s: int, s3: bool = True) -> dsl.PipelineTask:
+        task.set_caching_options(False).set_display_name(display)
+        if opts.runtime_images:
+            task.set_container_image(pipeline_image)
+        if by_parameter:
+            kubernetes.set_image_pull_secrets(task, [image_pull_secret, *opts.image_pull_secrets[1:]])
+        elif opts.image_pull_secrets:
+            kubernetes.set_image_pull_secrets(task, list(opts.image_pull_secrets))
+        kubernetes.set_timeout(task, timeout_s)
+        set_run_id_env(task, backend)
+        if s3:
+            kubernetes.use_secret_as_env(task, secret_name=s3_secret if by_parameter else opts.s3_secret,
+                                         secret_key_to_env=keys, optional=optional)
+        return task
+
+    return step
+
+
+def eval_resources(task: dsl.PipelineTask, opts: CompileOptions, backend: Backend, eval_tolerations: Any) -> None:
+    """An evaluation step's GPU, its tolerations (a run parameter from 2.5) and its /dev/shm."""
+    if opts.eval_gpu:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        kubernetes.add_toleration_json(task, eval_tolerations if runtime_k8s(backend) else gpu_tolerations(opts))
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit=opts.eval_shm)
+
+
+def pipeline_config(opts: CompileOptions, backend: Backend) -> "dsl.PipelineConfig | None":
+    """The run TTL, only where the backend knows resourceTtlOnCompletion (2.17; pipeline_backends)."""
+    return dsl.PipelineConfig(ttl_seconds_after_finished=opts.run_ttl_s) if backend.has("pipeline_ttl") else None
+
+
 def build_pipeline(options: "CompileOptions | None" = None):
     """Return the pipeline function for `options` (the defaults are what `make compile` uses)."""
     opts = options or CompileOptions()
     backend = get_backend(opts.backend)
-    runtime_k8s = backend.has("param_secret_names") and backend.has("param_tolerations")
     run_id = run_id_argument(backend)  # the run's unique id, whole; "" below 2.5 (set_run_id_env)
-    gpu_tolerations = [{"key": opts.gpu_toleration_key, "operator": "Exists", "effect": "NoSchedule"}]
     pull_secret_default = opts.image_pull_secrets[0] if opts.image_pull_secrets else ""
 
     def gbcosface_train_eval(
@@ -124,24 +179,10 @@ def build_pipeline(options: "CompileOptions | None" = None):
         gate_min_tar: float = 0.9,
         export_onnx: bool = True,
         image_pull_secret: str = pull_secret_default,
-        eval_tolerations: list = gpu_tolerations,  # noqa: B006 - KFP needs a literal default
+        eval_tolerations: list = gpu_tolerations(opts),  # noqa: B006, B008 - KFP needs a literal default
     ):
-        def step(task: dsl.PipelineTask, display: str, timeout_s: int, s3: bool = True) -> dsl.PipelineTask:
-            task.set_caching_options(False).set_display_name(display)
-            if opts.runtime_images:
-                task.set_container_image(pipeline_image)
-            if runtime_k8s:
-                kubernetes.set_image_pull_secrets(task, [image_pull_secret, *opts.image_pull_secrets[1:]])
-            elif opts.image_pull_secrets:
-                kubernetes.set_image_pull_secrets(task, list(opts.image_pull_secrets))
-            kubernetes.set_timeout(task, timeout_s)
-            set_run_id_env(task, backend)
-            if s3:
-                optional = backend.has("optional_secret_env")
-                keys = S3_ENV if optional else {k: v for k, v in S3_ENV.items() if k not in S3_OPTIONAL_KEYS}
-                kubernetes.use_secret_as_env(task, secret_name=s3_secret if runtime_k8s else opts.s3_secret,
-                                             secret_key_to_env=keys, optional=optional)
-            return task
+        step = step_wiring(opts, backend, pipeline_image=pipeline_image, s3_secret=s3_secret,
+                           image_pull_secret=image_pull_secret)
 
         cleanup = step(cleanup_job(run_id=run_id, launcher=launcher, job_kind=job_kind, namespace=namespace),
                        "clean up training job", opts.small_timeout_s, s3=False)
@@ -168,11 +209,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
                 work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
                 detector_score=detector_score, gate_far=gate_far), "evaluate other IJB targets", opts.eval_timeout_s)
             for task in (evaluated, others):
-                if opts.eval_gpu:
-                    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-                    kubernetes.add_toleration_json(task, eval_tolerations if runtime_k8s else gpu_tolerations)
-                kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
-                                           medium="Memory", size_limit=opts.eval_shm)
+                eval_resources(task, opts, backend, eval_tolerations)
 
             decision = step(gate(tar=evaluated.outputs["Output"], min_tar=gate_min_tar, far=gate_far), "gate",
                             opts.small_timeout_s, s3=False)
@@ -187,14 +224,13 @@ def build_pipeline(options: "CompileOptions | None" = None):
                                       output_uri=output_uri, run_id=run_id, endpoint_url=endpoint_url),
                      "record rejection", opts.small_timeout_s)
 
-    if not runtime_k8s:
+    if not runtime_k8s(backend):
         gbcosface_train_eval = without_parameters(gbcosface_train_eval, RUNTIME_K8S_PARAMS)
-    ttl = dsl.PipelineConfig(ttl_seconds_after_finished=opts.run_ttl_s) if backend.has("pipeline_ttl") else None
     return dsl.pipeline(
         name="gbcosface-train-eval",
         description="Stage a face dataset from S3, train GB-CosFace in a PyTorchJob or TrainJob, evaluate on "
                     "IJB, gate, publish.",
-        pipeline_config=ttl,
+        pipeline_config=pipeline_config(opts, backend),
     )(gbcosface_train_eval)
 
 

@@ -21,24 +21,47 @@ import sys
 import pytest
 import yaml
 
+from gbcosface.pipeline_backends import NEWEST, SUPPORTED, get_backend
 from gbcosface.pipeline_cli import compile_pipeline
 from gbcosface.pipeline_rules import problems
 from gbcosface.steps import sweep
+from gbcosface.steps.runs import RUN_ID_ENV
 from gbcosface.storage import Manifest, ManifestEntry, write_manifest
 
 RUN_ID = "{{$.pipeline_job_uuid}}"
 ITEM = "pipelinechannel--plan-sweep-Output-loop-item"
 
 
-def _ir(tmp_path, **kw):
-    out = compile_pipeline(tmp_path / "sweep.yaml", pipeline="sweep", **kw)
+def _ir(tmp_path, backend=NEWEST, **kw):
+    out = compile_pipeline(tmp_path / "sweep.yaml", pipeline="sweep", backend=backend, **kw)
     return list(yaml.safe_load_all(out.read_text()))
+
+
+@pytest.mark.parametrize("backend", SUPPORTED)
+def test_the_sweep_compiles_for_every_supported_backend_within_its_rules(tmp_path, backend):
+    """The same backend matrix as train_eval (gbcosface.pipeline_backends): below 2.5 the run id comes
+    from the pod label (an empty input plus the env var), the Secret and tolerations are compiled in."""
+    ir, platform = _ir(tmp_path, backend=backend)
+    assert problems(ir, backend=backend, platform=platform) == []
+    target = get_backend(backend)
+    inner = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    run_id = inner["plan-sweep"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    env_from_label = [e["name"] for e in executors["exec-plan-sweep"].get("fieldPathAsEnv", [])]
+    params = set(ir["root"]["inputDefinitions"]["parameters"])
+    if target.has("run_placeholders"):
+        assert run_id == RUN_ID and RUN_ID_ENV not in env_from_label
+        assert {"image_pull_secret", "eval_tolerations"} <= params
+    else:
+        assert run_id == "" and RUN_ID_ENV in env_from_label
+        assert not {"image_pull_secret", "eval_tolerations"} & params
+    assert ("pipelineConfig" in platform["platforms"]["kubernetes"]) is target.has("pipeline_ttl")
 
 
 def test_the_sweep_compiles_follows_the_backend_rules_and_fans_out_over_the_plan(tmp_path):
     ir, platform = _ir(tmp_path)
     assert ir["pipelineInfo"]["name"] == "gbcosface-sweep"
-    assert problems(ir) == []
+    assert problems(ir, backend=NEWEST, platform=platform) == []
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert {"variants", "seeds", "baseline", "recipe", "overrides", "confidence"} <= set(params)
     assert [v["name"] for v in params["variants"]["defaultValue"]] == ["gb_cosface", "cosface", "arcface"]
