@@ -100,6 +100,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
         gate_far: float = 1e-4,
         gate_min_tar: float = 0.9,
         export_onnx: bool = True,
+        mlflow_tracking_uri: str = "",  # without KFP's MLflow integration: the steps make the runs (docs/tracking.md)
     ):
         def step(task: dsl.PipelineTask, display: str, timeout_s: int, s3: bool = True) -> dsl.PipelineTask:
             task.set_caching_options(False).set_display_name(display)
@@ -124,13 +125,14 @@ def build_pipeline(options: "CompileOptions | None" = None):
                 output_uri=output_uri, work_dir=work_dir, endpoint_url=endpoint_url, launcher=launcher,
                 job_kind=job_kind, nnodes=nnodes, nproc_per_node=nproc_per_node, gpus_per_node=gpus_per_node,
                 trainer_image=trainer_image, namespace=namespace, cluster_profile=cluster_profile,
-                s3_secret=s3_secret, timeout_s=train_timeout_s), "train", opts.train_timeout_s)
+                s3_secret=s3_secret, timeout_s=train_timeout_s, mlflow_tracking_uri=mlflow_tracking_uri),
+                "train", opts.train_timeout_s)
 
             evaluated = step(evaluate_model(
                 dataset=staged.outputs["dataset"], model=trained.outputs["model"], target=ijb_target,
                 work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
-                detector_score=detector_score, gate_far=gate_far, output_uri=output_uri, run_id=RUN_ID),
-                "evaluate on IJB", opts.eval_timeout_s)
+                detector_score=detector_score, gate_far=gate_far, output_uri=output_uri, run_id=RUN_ID,
+                mlflow_tracking_uri=mlflow_tracking_uri), "evaluate on IJB", opts.eval_timeout_s)
             # Every other IJB target the dataset holds, beside the gate's (IJB-B and IJB-C in parallel).
             others = step(evaluate_other_targets(
                 dataset=staged.outputs["dataset"], model=trained.outputs["model"], gate_target=ijb_target,

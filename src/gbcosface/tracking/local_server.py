@@ -87,6 +87,13 @@ class LocalMlflowServer:
             time.sleep(0.25)
         raise MlflowServerError(f"mlflow server not ready after {self.startup_timeout:.0f} s; see {self.log_path}")
 
+    def kill(self) -> None:
+        """SIGKILL the server's process group (a tracking server that dies mid-run; tests)."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(10)
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
