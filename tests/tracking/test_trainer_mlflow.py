@@ -119,7 +119,7 @@ def test_a_tracking_server_killed_mid_run_neither_fails_nor_stalls_training(tmp_
         server.wait_ready()
         out = tmp_path / "run"
         cfg = tiny_config(tmp_path / "c.yaml", trainset, str(out), log_every=1)
-        proc = subprocess.Popen(train_cmd(cfg, "schedule.max_steps=1500"), cwd=REPO, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(train_cmd(cfg, "schedule.max_steps=800"), cwd=REPO, stderr=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, text=True,
                                 env=train_env(MLFLOW_TRACKING_URI=server.url, MLFLOW_EXPERIMENT_NAME="killed"))
         assert proc.stderr is not None
@@ -141,14 +141,14 @@ def test_a_tracking_server_killed_mid_run_neither_fails_nor_stalls_training(tmp_
         server.stop()
     log = "".join(lines)
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["steps"] == 1500
+    assert summary["steps"] == 800
     assert log.count("unreachable or refusing") == 1  # one warning for the whole outage
     assert "were not sent within" in log
     # What reached the server before it died is in its store.
     store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     history = store.get_metric_history(sent_before, "train/loss")
     assert history and [m.step for m in history] == list(range(1, len(history) + 1))
-    assert len(history) < 1500
+    assert len(history) < 800
     assert store.get_run(sent_before).info.status == "RUNNING"  # its end never arrived
 
 

@@ -91,6 +91,11 @@ def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dic
     tmp = Path(result_dir) / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     os.replace(tmp, Path(result_dir) / "metrics.json")
+    if run_uri:  # the training curves of the model evaluated, from its event files
+        from gbcosface.storage import join_uri
+        from gbcosface.tracking.curves import add_to_report
+
+        add_to_report(result_dir, metrics, join_uri(run_uri, "train", "tensorboard"), endpoint_url or None)
     _track(metrics, folder, lineage, run_id=run_id, tracking_uri=mlflow_tracking_uri)
     return {
         "gate_tar": gate_value(metrics, gate_far),
