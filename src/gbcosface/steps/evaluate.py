@@ -96,7 +96,7 @@ def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dic
         from gbcosface.tracking.curves import add_to_report
 
         add_to_report(result_dir, metrics, join_uri(run_uri, "train", "tensorboard"), endpoint_url or None)
-    _track(metrics, folder, lineage, run_id=run_id, tracking_uri=mlflow_tracking_uri)
+    _track(metrics, folder, lineage, run_id=run_id, tracking_uri=mlflow_tracking_uri, result_dir=result_dir)
     return {
         "gate_tar": gate_value(metrics, gate_far),
         "kfp_metrics": kfp_metrics(metrics),
@@ -110,8 +110,10 @@ def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dic
     }
 
 
-def _track(metrics: dict[str, Any], target: str, lineage: dict[str, Any], *, run_id: str, tracking_uri: str) -> None:
-    """TAR@FAR (both conventions), AUC and the 1:N figures as `<target>/<name>` in this task's MLflow run."""
+def _track(metrics: dict[str, Any], target: str, lineage: dict[str, Any], *, run_id: str, tracking_uri: str,
+           result_dir: str) -> None:
+    """TAR@FAR (both conventions), AUC and the 1:N figures as `<target>/<name>` in this task's MLflow run,
+    and the report, plots and metrics.json as its artifacts (under `<target>/`)."""
     from gbcosface.tracking.pipeline import task_run
 
     if not (run_id or os.environ.get("MLFLOW_RUN_ID")):
@@ -121,6 +123,8 @@ def _track(metrics: dict[str, Any], target: str, lineage: dict[str, Any], *, run
         return
     tracking.log_params({f"{target}/{k}": v for k, v in lineage.items() if isinstance(v, str | int | float)})
     tracking.log_metrics({f"{target}/{k}": v for k, v in kfp_metrics(metrics).items()})
+    tracking.log_artifacts([p for p in sorted(Path(result_dir).iterdir())
+                            if p.suffix in (".html", ".png", ".json") and p.is_file()], target)
     tracking.end("FINISHED")
 
 

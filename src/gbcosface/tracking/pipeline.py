@@ -57,6 +57,11 @@ class TaskRun:
         self._call("log params", lambda: [self.client.log_batch(self.run_id, params=rows[i:i + 100])
                                            for i in range(0, len(rows), 100)])
 
+    def log_artifacts(self, paths: list, artifact_path: str | None = None) -> None:
+        """Files into the run's artifact store (through the tracking server: S3 in the demo)."""
+        for path in paths:
+            self._call(f"upload {path}", lambda p=path: self.client.log_artifact(self.run_id, str(p), artifact_path))
+
     def end(self, status: str = "FINISHED") -> None:
         if self.owned:
             self._call("end the run", lambda: self.client.set_terminated(self.run_id, status=status))
