@@ -178,12 +178,13 @@ def _mlflow_runs(url: str, experiment: str, run_id: str, out: Path) -> dict[str,
         trainers = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{runs.get('train', '')}'")
         if trainers:
             runs["trainer"] = trainers[0].info.run_id
+        artifacts = [a.path for a in client.list_artifacts(runs["evaluate"], "IJBC")] if "evaluate" in runs else []
     except Exception as exc:  # noqa: BLE001 - the demo's result stands without its tracking summary
         log.warning("could not read the demo's MLflow runs: %s", exc)
         return None
     return {"url": url, "experiment_id": experiment, "runs": runs,
             "pages": {k: run_url(url, experiment, v) for k, v in runs.items()},
-            "store": str(out / "mlflow" / "mlflow.db")}
+            "store": str(out / "mlflow" / "mlflow.db"), "evaluate_artifacts": artifacts}
 
 
 def _run_in_containers(params: dict[str, Any], out: Path, *, image: str | None,
