@@ -19,6 +19,7 @@ written at the log interval (`run.log_every`) with the optimizer step as the x a
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -90,6 +91,10 @@ class Tracker:
             return cls()
         sinks: dict[str, Any] = {}
         settings = _mlflow_settings(cfg, environ)
+        if settings and importlib.util.find_spec("mlflow") is None:
+            log.warning("MLflow tracking at %s is off: its client is not installed (pip install 'gbcosface[tracking]')",
+                        settings["tracking_uri"])
+            settings = None
         if settings:
             from gbcosface.tracking.mlflow_run import MlflowRun
 

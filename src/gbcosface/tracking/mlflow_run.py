@@ -144,6 +144,8 @@ class MlflowRun:
 
     # ------------------------------------------------------------------------------ the loop's side
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._abandon:
+            return
         ts = int(time.time() * 1000)
         rows = [(str(k), float(v), int(step), ts) for k, v in metrics.items()
                 if v is not None and math.isfinite(float(v))]
@@ -167,6 +169,8 @@ class MlflowRun:
         """Send what is left and end the run with `status`; False when the server did not take it in time."""
         with self._lock:
             self._status = status
+        if self._abandon:
+            return False
         self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
@@ -189,6 +193,10 @@ class MlflowRun:
                 return
             try:
                 done = self._send()
+            except TrackingUnavailable as exc:
+                log.warning("%s; this run is not tracked in MLflow", exc)
+                self._abandon = True
+                return
             except Exception as exc:  # noqa: BLE001 - tracking must never fail training
                 self.failures += 1
                 if not self._warned:
