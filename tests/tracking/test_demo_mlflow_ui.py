@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 WORLD = {"identities": 24, "images_per_identity": 6, "eval_identities": 16, "templates_per_identity": 3,
          "pairs": 40, "bin_identities": 8, "impostor_pairs": 2_000, "crop_min": 120, "crop_max": 140}
 TINY = ["model.width=8", "model.embedding_size=32", "data.batch_size=16", "data.num_workers=0", "schedule.epochs=5",
-        "schedule.milestones=[]", "run.checkpoint_every=6", "run.log_every=2", "run.metrics_port=0"]
+        "schedule.milestones=[]", "run.checkpoint_every=6", "run.log_every=2", "run.metrics_port=0", "run.val_every=6"]
 
 
 def chromium(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -54,6 +54,10 @@ def test_demo_run_and_its_loss_curve_in_the_mlflow_ui(tmp_path: Path) -> None:
         assert trainer.data.tags[PARENT_TAG] == runs["train"] and trainer.info.status == "FINISHED"
         history = client.get_metric_history(runs["trainer"], "train/loss")
         assert [m.step for m in history] == [2, 4, 6, 8, 10, 12]
+        assert [m.step for m in client.get_metric_history(runs["trainer"], "val/lfw/accuracy")] == [6, 12]
+        lineage = summary["trained"]["lineage"]
+        assert trainer.data.params["dataset_manifest_hash"] == lineage["dataset_manifest_hash"]
+        assert trainer.data.params["config_hash"] == lineage["config_hash"]
         evaluate = client.get_run(runs["evaluate"])
         assert "IJBC/tar_at_far_1e-03_nearest" in evaluate.data.metrics
 
