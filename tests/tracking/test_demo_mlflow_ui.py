@@ -2,15 +2,13 @@
 
 The demo runs (a small world, 12 steps) with its real MLflow server; afterwards, as a person would with the
 command the demo prints, a server is opened on the demo's SQLite store, and Chromium renders the trainer
-run's "Model metrics" page: the page must draw the loss chart with every point of the run's `train/loss`
-history. The screenshot is saved under the test's directory (and the path printed).
+run's "Model metrics" page (driven over the DevTools protocol, tests/tracking/headless_chromium.py): the
+page must draw the loss chart with every point of the run's `train/loss` history. The screenshot is saved under the test's directory (and the path printed).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,8 @@ from gbcosface.demo import run_demo
 from gbcosface.tracking.local_server import LocalMlflowServer
 from gbcosface.tracking.mlflow_env import PARENT_TAG
 
+from .headless_chromium import Chromium
+
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 WORLD = {"identities": 24, "images_per_identity": 6, "eval_identities": 16, "templates_per_identity": 3,
@@ -28,12 +28,11 @@ TINY = ["model.width=8", "model.embedding_size=32", "data.batch_size=16", "data.
         "schedule.milestones=[]", "run.checkpoint_every=6", "run.log_every=2", "run.metrics_port=0", "run.val_every=6"]
 
 
-def chromium(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "headless Chromium is needed: make chromium (apt-get install chromium)"
-    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--window-size=1400,1000", "--virtual-time-budget=40000", *args],
-                          capture_output=True, text=True, timeout=timeout)
+#: The point count of the chart whose card carries the legend "trainer (train/loss)".
+LOSS_POINTS_JS = """(() => { for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+  let card = plot; while (card && !/\\((train|final|val)\\//.test(card.textContent)) card = card.parentElement;
+  if (card && card.textContent.includes('trainer (train/loss)')) return plot.querySelectorAll('path.point').length; }
+  return 0; })()"""
 
 
 def test_demo_run_and_its_loss_curve_in_the_mlflow_ui(tmp_path: Path) -> None:
@@ -62,13 +61,13 @@ def test_demo_run_and_its_loss_curve_in_the_mlflow_ui(tmp_path: Path) -> None:
         assert "IJBC/tar_at_far_1e-03_nearest" in evaluate.data.metrics
 
         page = f"{server.url}/#/experiments/{info['experiment_id']}/runs/{runs['trainer']}/model-metrics"
-        dom = chromium("--dump-dom", page)
-        assert dom.returncode == 0, dom.stderr[-2000:]
-        charts = dom.stdout.split("js-plotly-plot")[1:]
-        loss = [c for c in charts if "trainer (train/loss)" in c]
-        assert len(loss) == 1, f"no loss chart on {page}"
-        assert loss[0].count('class="point"') == len(history)  # every logged point is drawn
-        shot = tmp_path / "mlflow-ui-trainer-run.png"
-        res = chromium(f"--screenshot={shot}", page)
-        assert res.returncode == 0 and shot.read_bytes().startswith(b"\x89PNG"), res.stderr[-2000:]
+        browser = Chromium(height=4000)  # tall: the UI draws a chart only once it is in view
+        try:
+            browser.open(page)
+            assert browser.wait_for(LOSS_POINTS_JS) == len(history)  # every logged point is drawn
+            shot = tmp_path / "mlflow-ui-trainer-run.png"
+            browser.screenshot(shot)
+        finally:
+            browser.close()
+        assert shot.read_bytes().startswith(b"\x89PNG")
         print(f"MLflow UI screenshot: {shot}")
