@@ -6,7 +6,7 @@ MXVENV ?= .venv-mxnet
 , := ,
 STAMP := $(VENV)/.installed
 
-.PHONY: venv mxnet-venv prometheus test test-fast lint demo compare compile print-image print-kfp-backend bench container-tools build-images image-test clean
+.PHONY: venv mxnet-venv prometheus chromium test test-fast lint demo compare compile print-image print-kfp-backend bench container-tools build-images image-test clean
 
 venv: $(STAMP)
 
@@ -31,7 +31,12 @@ prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
-test: venv mxnet-venv prometheus
+# Headless Chromium (Debian's package) for the MLflow UI test (tests/tracking/test_demo_mlflow_ui.py).
+chromium:
+	@command -v chromium >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: venv mxnet-venv prometheus chromium
 	$(PY) -m pytest -q tests -m "not image"
 
 test-fast: venv
@@ -64,8 +69,9 @@ compile: venv
 	  --kfp-backend $(KFP_BACKEND) $(foreach s,$(subst $(comma), ,$(IMAGE_PULL_SECRETS)),--image-pull-secret $(s))
 comma := ,
 
-# The whole pipeline on this machine: local S3 server, synthetic faces, 2-replica emulated
-# PyTorchJob on CPU, IJB-C-like evaluation, gate, publish; prints trained vs untrained TAR@FAR.
+# The whole pipeline on this machine: local S3 server, a real MLflow tracking server, synthetic faces,
+# 2-replica emulated PyTorchJob on CPU, IJB-C-like evaluation, gate, publish; prints trained vs untrained
+# TAR@FAR and the MLflow run's page (docs/tracking.md).
 demo: venv
 	$(PY) -m gbcosface demo --out demo-out
 

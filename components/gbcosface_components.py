@@ -58,6 +58,7 @@ def train_model(
     cluster_profile: str,
     s3_secret: str,
     timeout_s: int,
+    mlflow_tracking_uri: str,
     model: Output[Model],
 ) -> str:
     """Launch the training job (or its local emulation), wait for it, and fetch the trained backbone."""
@@ -67,7 +68,8 @@ def train_model(
                output_uri=output_uri, work_dir=work_dir, endpoint_url=endpoint_url, launcher=launcher,
                job_kind=job_kind, nnodes=nnodes, nproc_per_node=nproc_per_node, gpus_per_node=gpus_per_node,
                trainer_image=trainer_image, namespace=namespace, cluster_profile=cluster_profile,
-               s3_secret=s3_secret, timeout_s=timeout_s, model_dir=model.path)
+               s3_secret=s3_secret, timeout_s=timeout_s, mlflow_tracking_uri=mlflow_tracking_uri,
+               model_dir=model.path)
     model.metadata.update(info["lineage"])
     model.metadata["job_name"] = info["job_name"]
     return info["job_name"]
@@ -86,6 +88,7 @@ def evaluate_model(
     gate_far: float,
     output_uri: str,
     run_id: str,
+    mlflow_tracking_uri: str,
     metrics: Output[Metrics],
     roc: Output[ClassificationMetrics],
     report: Output[HTML],
@@ -99,7 +102,8 @@ def evaluate_model(
     out = run(dataset_manifest=dataset.path, model_dir=model.path, model_metadata=dict(model.metadata),
               target=target, work_dir=work_dir, endpoint_url=endpoint_url, flip=flip,
               norm_score=norm_score, detector_score=detector_score, gate_far=gate_far,
-              result_dir=results.path, run_uri=run_uri(output_uri, run_id))
+              result_dir=results.path, run_uri=run_uri(output_uri, run_id), run_id=run_id,
+              mlflow_tracking_uri=mlflow_tracking_uri)
     for name, value in out["kfp_metrics"].items():
         metrics.log_metric(name, value)
     roc.log_roc_curve(out["roc"]["fpr"], out["roc"]["tpr"], out["roc"]["thresholds"])

@@ -180,6 +180,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
         export_onnx: bool = True,
         image_pull_secret: str = pull_secret_default,
         eval_tolerations: list = gpu_tolerations(opts),  # noqa: B006, B008 - KFP needs a literal default
+        mlflow_tracking_uri: str = "",  # without KFP's MLflow integration: the steps make the runs (docs/tracking.md)
     ):
         step = step_wiring(opts, backend, pipeline_image=pipeline_image, s3_secret=s3_secret,
                            image_pull_secret=image_pull_secret)
@@ -196,13 +197,14 @@ def build_pipeline(options: "CompileOptions | None" = None):
                 output_uri=output_uri, work_dir=work_dir, endpoint_url=endpoint_url, launcher=launcher,
                 job_kind=job_kind, nnodes=nnodes, nproc_per_node=nproc_per_node, gpus_per_node=gpus_per_node,
                 trainer_image=trainer_image, namespace=namespace, cluster_profile=cluster_profile,
-                s3_secret=s3_secret, timeout_s=train_timeout_s), "train", opts.train_timeout_s)
+                s3_secret=s3_secret, timeout_s=train_timeout_s, mlflow_tracking_uri=mlflow_tracking_uri),
+                "train", opts.train_timeout_s)
 
             evaluated = step(evaluate_model(
                 dataset=staged.outputs["dataset"], model=trained.outputs["model"], target=ijb_target,
                 work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
-                detector_score=detector_score, gate_far=gate_far, output_uri=output_uri, run_id=run_id),
-                "evaluate on IJB", opts.eval_timeout_s)
+                detector_score=detector_score, gate_far=gate_far, output_uri=output_uri, run_id=run_id,
+                mlflow_tracking_uri=mlflow_tracking_uri), "evaluate on IJB", opts.eval_timeout_s)
             # Every other IJB target the dataset holds, beside the gate's (IJB-B and IJB-C in parallel).
             others = step(evaluate_other_targets(
                 dataset=staged.outputs["dataset"], model=trained.outputs["model"], gate_target=ijb_target,

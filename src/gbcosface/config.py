@@ -116,6 +116,10 @@ class RunConfig:
     max_bad_steps: int = 0  # non-finite fp16 steps to skip before stopping
     checkpoint_on_sigterm: bool = True  # SIGTERM: finish the step, checkpoint, exit 143 (preemption)
     resume: bool = True
+    # Experiment tracking (docs/tracking.md): MLflow when set or when MLFLOW_TRACKING_URI is in the
+    # environment (KFP 2.17 sets it); TensorBoard event files under <output>/tensorboard/.
+    mlflow_tracking_uri: str = ""
+    tensorboard: bool = True
 
     def problems(self) -> list[str]:
         """What is wrong with these values (checked before any work starts)."""

@@ -3,12 +3,17 @@
 Local S3 server (moto) on loopback -> synthetic face world uploaded to a bucket -> the KFP DAG under
 KFP's local runner (stage -> 2-replica emulated PyTorchJob on CPU + gloo -> IJB-C-like evaluation ->
 gate -> publish) -> the trained model's TAR@FAR beside an untrained model's on the same data.
-Servers it starts are stopped on success and on failure.
+With MLflow installed (the `tracking` extra; `make demo` has it) a real MLflow tracking server (SQLite
+store, artifacts in the local S3 server) starts first, beside the synthetic world's generation, and the
+pipeline's steps get MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID as KFP 2.17's integration sets them; the
+run's page is printed at the end. Servers it starts are stopped on success and on failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -40,7 +45,7 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
              gate_min_tar: float = 0.3, gate_far: float = 1e-3, keep_world: bool = True,
              world_overrides: dict[str, Any] | None = None,
              recipe_overrides: list[str] | None = None, quiet: bool = True, runner: str = "subprocess",
-             image: str | None = None) -> dict[str, Any]:
+             image: str | None = None, tracking: bool = True) -> dict[str, Any]:
     from gbcosface.console import step_console
     from gbcosface.data.synthetic.world import WorldSpec, generate_world
     from gbcosface.pipeline_cli import local_run_id, run_local
@@ -55,19 +60,23 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
     spec = WorldSpec(seed=seed, **(world_overrides or {}))
     timings: dict[str, float] = {}
 
-    if keep_world and _world_is_current(world_dir, spec):
-        log.info("reusing the synthetic world in %s", world_dir)
-    else:
-        log.info("writing the synthetic face world to %s", world_dir)
-        generate_world(world_dir, spec, workers=min(2, os.cpu_count() or 1), overwrite=True)
-    timings["synth_s"] = time.monotonic() - t0
-
-    for stale in ("work", "kfp", "published", "untrained"):
-        shutil.rmtree(out / stale, ignore_errors=True)
-
-    with LocalS3Server(log_path=out / "s3-server.log") as server:
+    with contextlib.ExitStack() as servers:
+        server = servers.enter_context(LocalS3Server(log_path=out / "s3-server.log"))
         os.environ.update(server.env())
         server.create_bucket(BUCKET)
+        # MLflow in the steps' containers (runner docker) would need the server's address there: not wired.
+        mlflow_server = _start_mlflow(out, server, servers) if tracking and runner != "docker" else None
+
+        if keep_world and _world_is_current(world_dir, spec):
+            log.info("reusing the synthetic world in %s", world_dir)
+        else:
+            log.info("writing the synthetic face world to %s", world_dir)
+            generate_world(world_dir, spec, workers=min(2, os.cpu_count() or 1), overwrite=True)
+        timings["synth_s"] = time.monotonic() - t0
+
+        for stale in ("work", "kfp", "published", "untrained"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+
         data_uri = f"s3://{BUCKET}/datasets/synthetic-seed{seed}"
         t = time.monotonic()
         upload(world_dir, data_uri, endpoint_url=server.endpoint_url)
@@ -93,6 +102,7 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
             "gate_min_tar": gate_min_tar,
             "export_onnx": True,
         }
+        experiment = _tracking_env(mlflow_server, t0, timings) if mlflow_server else None
         t = time.monotonic()
         log_path = out / "pipeline.log"
         log_path.unlink(missing_ok=True)
@@ -107,6 +117,7 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
         run_id = local_run_id(run_dir)
         run_uri = run_prefix(params["output_uri"], run_id)
         download_dir(run_uri, out / "published", endpoint_url=server.endpoint_url)
+        mlflow_info = _mlflow_runs(mlflow_server.url, experiment, run_id, out) if mlflow_server else None
 
     t = time.monotonic()
     untrained = evaluate_untrained(out, seed=seed, overrides=overrides)
@@ -114,10 +125,66 @@ def run_demo(out: Path, *, seed: int = 0, steps: int | None = None, replicas: in
     timings["total_s"] = time.monotonic() - t0
     trained = json.loads((out / "published" / "eval" / "IJBC" / "metrics.json").read_text())
     summary = {"run_id": run_id, "run_uri": run_uri, "out": str(out), "log": str(log_path), "timings": timings,
-               "trained": trained, "untrained": untrained}
+               "trained": trained, "untrained": untrained, "mlflow": mlflow_info}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print_summary(summary)
     return summary
+
+
+def _start_mlflow(out: Path, s3: Any, stack: contextlib.ExitStack) -> Any:
+    """Start (without waiting) a real MLflow server: SQLite store under `out/mlflow`, artifacts in the local S3."""
+    if importlib.util.find_spec("mlflow") is None:
+        print("MLflow is not installed (pip install 'gbcosface[tracking]'): the demo runs without tracking", flush=True)
+        return None
+    from gbcosface.tracking.local_server import LocalMlflowServer
+
+    root = out / "mlflow"
+    shutil.rmtree(root, ignore_errors=True)
+    server = LocalMlflowServer(root, artifacts_destination=f"s3://{BUCKET}/mlflow-artifacts",
+                               env={**s3.env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url})
+    stack.callback(server.stop)
+    stack.callback(lambda: [os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")])
+    return server.start()  # ~20 s to ready on 2 cores: it overlaps the synthetic world's generation
+
+
+def _tracking_env(server: Any, t0: float, timings: dict[str, float]) -> str:
+    """Wait for the server; then, as KFP 2.17's API server and driver do, make the experiment and give the
+    steps MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_ID (the local runner has no driver to make a run per
+    task: the steps make the pipeline run's run and their own nested runs, tracking/pipeline.py)."""
+    from gbcosface.tracking.mlflow_run import experiment_id_for, make_client
+
+    t = time.monotonic()
+    server.wait_ready()
+    timings["mlflow_wait_s"] = time.monotonic() - t
+    timings["mlflow_ready_after_s"] = time.monotonic() - t0
+    experiment = experiment_id_for(make_client(server.url), None, "gbcosface-demo")
+    os.environ.update({"MLFLOW_TRACKING_URI": server.url, "MLFLOW_EXPERIMENT_ID": experiment})
+    return experiment
+
+
+def _mlflow_runs(url: str, experiment: str, run_id: str, out: Path) -> dict[str, Any] | None:
+    """The pipeline run's MLflow runs (parent, train, evaluate, the trainer's) and their pages."""
+    from gbcosface.tracking.mlflow_env import PARENT_TAG
+    from gbcosface.tracking.mlflow_run import make_client
+    from gbcosface.tracking.pipeline import PIPELINE_RUN_TAG, run_url
+
+    client = make_client(url)
+    try:
+        (parent,) = client.search_runs([experiment], f"tags.`{PIPELINE_RUN_TAG}` = '{run_id}' and "
+                                                     f"attributes.run_name = '{run_id}'")
+        runs = {"pipeline": parent.info.run_id}
+        for task in client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"):
+            runs[task.info.run_name] = task.info.run_id
+        trainers = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{runs.get('train', '')}'")
+        if trainers:
+            runs["trainer"] = trainers[0].info.run_id
+        artifacts = [a.path for a in client.list_artifacts(runs["evaluate"], "IJBC")] if "evaluate" in runs else []
+    except Exception as exc:  # noqa: BLE001 - the demo's result stands without its tracking summary
+        log.warning("could not read the demo's MLflow runs: %s", exc)
+        return None
+    return {"url": url, "experiment_id": experiment, "runs": runs,
+            "pages": {k: run_url(url, experiment, v) for k, v in runs.items()},
+            "store": str(out / "mlflow" / "mlflow.db"), "evaluate_artifacts": artifacts}
 
 
 def _run_in_containers(params: dict[str, Any], out: Path, *, image: str | None,
@@ -172,6 +239,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"  KFP local artifacts: {out / 'kfp'}")
     print(f"  pipeline log (executor input, every step's output): {summary['log']}")
     t = summary["timings"]
+    info = summary.get("mlflow")
+    if info:
+        print(f"  MLflow: run {info['pages'].get('trainer') or info['pages']['pipeline']}")
+        print(f"          (the server stopped with the demo; reopen its store with: mlflow ui --backend-store-uri "
+              f"sqlite:///{info['store']})")
+        print(f"  TensorBoard: tensorboard --logdir {out / 'published' / 'train' / 'tensorboard'}")
     print(f"wall time {t['total_s']:.0f} s (synth {t['synth_s']:.0f} s, pipeline {t['pipeline_s']:.0f} s)")
 
 
@@ -185,7 +258,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                        replicas=args.replicas, baseline=args.baseline, quiet=not args.show_logs)
         return 0
     run_demo(Path(args.out), seed=args.seed, steps=args.steps, replicas=args.replicas,
-             gate_min_tar=args.gate_min_tar, quiet=not args.show_logs, runner=args.runner, image=args.image)
+             gate_min_tar=args.gate_min_tar, quiet=not args.show_logs, runner=args.runner, image=args.image,
+             tracking=args.tracking)
     return 0
 
 
@@ -208,4 +282,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0,1,2", help="with --sweep: training seeds, comma-separated")
     p.add_argument("--variants", default="", help="with --sweep: a subset of gb_cosface,cosface,arcface")
     p.add_argument("--baseline", default="cosface", help="with --sweep: the variant the differences are to")
+    p.add_argument("--no-tracking", dest="tracking", action="store_false",
+                   help="no MLflow server (TensorBoard event files are still written)")
     p.set_defaults(func=_cmd_demo)

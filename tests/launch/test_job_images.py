@@ -38,7 +38,7 @@ def test_image_contract():
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users and users[-1] == "1000:1000"  # the PyTorchJob's runAsUser/runAsGroup
     assert not re.search(r"^ENTRYPOINT\b", text, re.M)
-    assert "COPY dist/*.whl" in text and "[onnx,containers]" in text  # publish's ONNX export, local-containers
+    assert "COPY dist/*.whl" in text and "[onnx,containers,tracking]" in text  # ONNX export, local-containers, MLflow/TensorBoard
     for line in text.splitlines():
         if re.match(r"^(ENV|ARG)\b", line):
             assert not re.search(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY)", line, re.I), line

@@ -309,6 +309,10 @@ it at any rank; its published numbers are those on the galleries' union. Open-se
 with the mate at rank 1 above the threshold, the largest such rate with FPIR (share of non-mated searches whose
 best score reaches the threshold) &le; f. "mean" is the plain mean over the galleries.</p>
 {plots}""")
+    if "curves.png" in pngs:  # the trained model's curves (tracking/curves.py)
+        sections.append("<h2>Training curves</h2>\n<p>Loss terms, cos_v, learning rate and validation accuracy "
+                        "against the optimizer step, from the run's TensorBoard event files.</p>\n"
+                        + _img(pngs["curves.png"], "training curves"))
     if "flags_table" in metrics:
         fars = metrics["fars"]
         head = "".join(f"<th>{e(_far(f))}</th>" for f in fars)

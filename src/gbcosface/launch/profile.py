@@ -58,6 +58,9 @@ class ClusterProfile:
     queue_grace_s: float = 21600.0  # how long pods may wait for busy GPUs ("Insufficient <gpu_resource>")
     trainjob_retention_s: int | None = 604800  # delete finished TrainJobs after this; null keeps them
     termination_grace_period_seconds: int = 300
+    # MLflow credentials for the training pods: env name -> key of KFP's Secret kfp-mlflow-credentials
+    # (the namespace's credentialSecretRef), e.g. {MLFLOW_TRACKING_TOKEN: token}; docs/tracking.md
+    mlflow_secret_keys: dict[str, str] = field(default_factory=dict)
 
     def resolved(self, gpus_per_node: int) -> ClusterProfile:
         """The profile with every `None` default filled in for `gpus_per_node` GPUs."""
@@ -108,6 +111,13 @@ def _check(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ProfileError(f"cluster profile key {key!r}: expected seconds >= 0, got {value!r}")
         return float(value)
+    if key == "mlflow_secret_keys":
+        from gbcosface.tracking.mlflow_env import CREDENTIAL_ENV
+
+        if not _is_str_map(value) or not set(value) <= set(CREDENTIAL_ENV):
+            raise ProfileError(f"cluster profile key {key!r}: expected a mapping from {', '.join(CREDENTIAL_ENV)} to "
+                               f"keys of the Secret kfp-mlflow-credentials, got {value!r}")
+        return dict(value)
     if key in ("node_selector", "nccl_env"):
         if not _is_str_map(value):
             raise ProfileError(f"cluster profile key {key!r}: expected a mapping of strings to strings "

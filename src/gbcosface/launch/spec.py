@@ -79,6 +79,7 @@ class JobSpec:
     nccl_socket_ifname: str | None = None  # e.g. "eth0"; also sets GLOO_SOCKET_IFNAME
     env: dict[str, str] = field(default_factory=dict)
     s3_secret_name: str | None = None  # Secret with GBCOSFACE_S3_ACCESS_KEY_ID / _SECRET_ACCESS_KEY / _ENDPOINT_URL
+    secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)  # env name -> (Secret, key), optional refs
     service_account: str | None = None
     data_volume_claim: str | None = None  # a PVC with the training data, mounted read-only
     data_mount_path: str = "/data"
@@ -253,6 +254,9 @@ def env_vars(spec: JobSpec) -> list[k8s.V1EnvVar]:
         for key in S3_ENV_KEYS:
             ref = k8s.V1SecretKeySelector(name=spec.s3_secret_name, key=key, optional=True)
             env.append(k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
+    for name, (secret, key) in sorted(spec.secret_env.items()):  # e.g. MLflow credentials (tracking/mlflow_env.py)
+        ref = k8s.V1SecretKeySelector(name=secret, key=key, optional=True)
+        env.append(k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
     return env
 
 

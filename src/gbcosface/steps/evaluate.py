@@ -64,12 +64,14 @@ def has_identification_files(root: str | os.PathLike, target: str) -> bool:
 def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dict[str, Any], target: str,
                    work_dir: str, endpoint_url: str = "", flip: bool = False, norm_score: bool = True,
                    detector_score: bool = True, gate_far: float = 1e-4, result_dir: str,
-                   run_uri: str = "", protocol: str = "auto") -> dict[str, Any]:
+                   run_uri: str = "", protocol: str = "auto", run_id: str = "",
+                   mlflow_tracking_uri: str = "") -> dict[str, Any]:
     """Stage the target, evaluate, and return what the DAG reads (the gate reads the 1:1 `gate_tar`).
 
     `protocol`: "auto" (both when the target has the 1:N files, else 11), "11" or "both".
     Besides the keys below, `identification` (the metrics.json section, or None) and
-    `identification_markdown` (the demo's 1:N table, "" without 1:N).
+    `identification_markdown` (the demo's 1:N table, "" without 1:N). With MLflow (KFP's integration, or
+    `mlflow_tracking_uri` with `run_id`) the headline figures go to this task's run (tracking/pipeline.py).
     """
     from gbcosface.eval.report import format_identification_markdown, format_markdown
     from gbcosface.eval.run_ijb import evaluate_ijb
@@ -89,6 +91,12 @@ def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dic
     tmp = Path(result_dir) / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     os.replace(tmp, Path(result_dir) / "metrics.json")
+    if run_uri:  # the training curves of the model evaluated, from its event files
+        from gbcosface.storage import join_uri
+        from gbcosface.tracking.curves import add_to_report
+
+        add_to_report(result_dir, metrics, join_uri(run_uri, "train", "tensorboard"), endpoint_url or None)
+    _track(metrics, folder, lineage, run_id=run_id, tracking_uri=mlflow_tracking_uri, result_dir=result_dir)
     return {
         "gate_tar": gate_value(metrics, gate_far),
         "kfp_metrics": kfp_metrics(metrics),
@@ -100,6 +108,24 @@ def evaluate_model(*, dataset_manifest: str, model_dir: str, model_metadata: dic
         "identification": metrics.get("identification"),
         "identification_markdown": format_identification_markdown(metrics) if "identification" in metrics else "",
     }
+
+
+def _track(metrics: dict[str, Any], target: str, lineage: dict[str, Any], *, run_id: str, tracking_uri: str,
+           result_dir: str) -> None:
+    """TAR@FAR (both conventions), AUC and the 1:N figures as `<target>/<name>` in this task's MLflow run,
+    and the report, plots and metrics.json as its artifacts (under `<target>/`)."""
+    from gbcosface.tracking.pipeline import task_run
+
+    if not (run_id or os.environ.get("MLFLOW_RUN_ID")):
+        return
+    tracking = task_run(run_id=run_id, task="evaluate", tracking_uri=tracking_uri)
+    if tracking is None:
+        return
+    tracking.log_params({f"{target}/{k}": v for k, v in lineage.items() if isinstance(v, str | int | float)})
+    tracking.log_metrics({f"{target}/{k}": v for k, v in kfp_metrics(metrics).items()})
+    tracking.log_artifacts([p for p in sorted(Path(result_dir).iterdir())
+                            if p.suffix in (".html", ".png", ".json") and p.is_file()], target)
+    tracking.end("FINISHED")
 
 
 def ijb_targets(manifest_path: str | os.PathLike) -> list[str]:

@@ -66,7 +66,7 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
                 work_dir: str, endpoint_url: str = "", launcher: str = "kubeflow", job_kind: str = "pytorchjob",
                 nnodes: int = 1, nproc_per_node: int = 1, gpus_per_node: int = 0, trainer_image: str = "",
                 namespace: str = "", cluster_profile: str = "", s3_secret: str = "", timeout_s: int = 0,
-                model_dir: str) -> dict[str, Any]:
+                mlflow_tracking_uri: str = "", model_dir: str) -> dict[str, Any]:
     from gbcosface.launch.names import job_name_for_run
     from gbcosface.launch.namespace import default_namespace
     from gbcosface.launch.profile import parse_cluster_profile
@@ -96,14 +96,23 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
     spec = job_spec(name=name, run_id=run_id, local=local, nnodes=nnodes, nproc_per_node=nproc_per_node,
                     image=trainer_image, namespace=ns, gpus_per_node=gpus_per_node, timeout_s=timeout_s,
                     profile=profile)
-    if local:
-        _run_local(cfg, spec, job_kind=job_kind, launcher=launcher, work_dir=work_dir)
-        image_ref = f"local-emulation ({trainer_image})" if trainer_image else "local-emulation"
-    else:
-        _run_cluster(cfg, spec, job_kind=job_kind, timeout_s=timeout_s, stuck_pod_grace_s=profile.stuck_pod_grace_s,
-                     queue_grace_s=profile.queue_grace_s, gpu_resource=profile.gpu_resource,
-                     trainjob_retention_s=profile.trainjob_retention_s)
-        image_ref = trainer_image
+    tracking = _track(spec, profile, run_id=run_id, local=local, tracking_uri=mlflow_tracking_uri,
+                      manifest_hash=manifest.hash, image=trainer_image)
+    try:
+        if local:
+            _run_local(cfg, spec, job_kind=job_kind, launcher=launcher, work_dir=work_dir)
+            image_ref = f"local-emulation ({trainer_image})" if trainer_image else "local-emulation"
+        else:
+            _run_cluster(cfg, spec, job_kind=job_kind, timeout_s=timeout_s,
+                         stuck_pod_grace_s=profile.stuck_pod_grace_s, queue_grace_s=profile.queue_grace_s,
+                         gpu_resource=profile.gpu_resource, trainjob_retention_s=profile.trainjob_retention_s)
+            image_ref = trainer_image
+    except BaseException:
+        if tracking is not None:
+            tracking.end("FAILED")
+        raise
+    if tracking is not None:
+        tracking.end("FINISHED")
 
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +132,27 @@ def train_model(*, dataset_manifest: str, recipe: str, overrides: list[str], run
     os.replace(tmp, out / "metadata.json")
     return {"lineage": lineage.as_dict(), "job_name": name, "job_kind": job_kind, "namespace": ns,
             "run_uri": run_uri, "summary": summary}
+
+
+def _track(spec: JobSpec, profile: ClusterProfile, *, run_id: str, local: bool, tracking_uri: str,
+           manifest_hash: str, image: str) -> Any:
+    """This task's MLflow run (KFP's, or made here from `tracking_uri`), and the job's pods told to nest the
+    trainer's run under it: plain variables as values, credentials as references to KFP's Secret."""
+    from gbcosface.tracking import mlflow_env
+    from gbcosface.tracking.pipeline import task_run
+
+    spec.env.update({mlflow_env.MANIFEST_HASH_ENV: manifest_hash, **({mlflow_env.IMAGE_ENV: image} if image else {})})
+    tracking = task_run(run_id=run_id, task="train", tracking_uri=tracking_uri)
+    if tracking is None:
+        return None
+    spec.env.update(tracking.pod_env())
+    if not local:  # locally the replicas inherit this process's credentials
+        refs, missing = mlflow_env.credential_refs(os.environ, profile.mlflow_secret_keys)
+        spec.secret_env.update(refs)
+        if missing:
+            log.warning("MLflow credentials %s are not passed to the training pods: name their keys in %s with "
+                        "the cluster profile's mlflow_secret_keys", ", ".join(missing), mlflow_env.KFP_CREDENTIAL_SECRET)
+    return tracking
 
 
 def job_spec(*, name: str, run_id: str, local: bool, nnodes: int, nproc_per_node: int, image: str,

@@ -37,6 +37,7 @@ import torch
 
 from gbcosface import config as config_mod
 from gbcosface.config import TrainConfig
+from gbcosface.tracking import Tracker
 from gbcosface.train import checkpoint, rng
 from gbcosface.train import state as train_state
 from gbcosface.train.classifier import build_classifier
@@ -92,6 +93,7 @@ class Trainer:
         self.output = RunOutput(cfg.run.output)
         self._fault_at = _fault_step(env.rank)
         self._sigterm_at = _fault_step(env.rank, SIGTERM_ENV)
+        self.tracker = Tracker()  # rank 0's sinks are opened in run()
         self.metrics = self._metrics()  # first: /metrics answers while the data is staged
         try:
             self._setup()
@@ -261,6 +263,8 @@ class Trainer:
                      self.global_batch, self.num_classes, len(self.dataset), self.batches_per_epoch,
                      p.step, total)
         reporter = ProgressLog(total, p.step, self.global_batch, cfg.run.log_every, env.is_main)
+        self.tracker = Tracker.for_trainer(cfg, env, self.config_hash, start_step=p.step, total=total,
+                                           global_batch=self.global_batch, extra_params={"world_size": env.world_size})
         self.metrics.set_phase("training")
         self.clf.train()
         start_step, t_start = p.step, time.perf_counter()
@@ -278,6 +282,7 @@ class Trainer:
             if self.last_ckpt_step != p.step:
                 self.save_checkpoint()
             summary = self._finish(self.last_terms, p.step - start_step, train_seconds)
+            self.tracker.finish(summary)
             self.metrics.set_phase("done")
             return summary
         except Preempted:
@@ -289,6 +294,7 @@ class Trainer:
         finally:
             self.preemption.uninstall()
             reporter.close()
+            self.tracker.close(preempted=self.preemption.agreed)
             self.metrics.close()
 
     def _train_epoch(self, total: int, reporter: ProgressLog) -> bool:
@@ -308,6 +314,7 @@ class Trainer:
             self.metrics.observe_step(p.step, p.epoch, cfg.data.batch_size, now - t_prev, wait,
                                       self.last_terms, self.last_terms.get("cos_v"), lr)
             reporter.step(p.step, p.epoch, wait, self.last_terms, lr)
+            self.tracker.step(p.step, p.epoch, self.last_terms, lr)
             if cfg.run.val_every > 0 and p.step % cfg.run.val_every == 0:
                 self._validate()
             if self.preemption.agreed:
@@ -433,6 +440,7 @@ class Trainer:
                 log.info("val step %d %s: accuracy %.4f +- %.4f, xnorm %.3f", p.step, target, res["accuracy"],
                          res.get("std", float("nan")), res.get("xnorm", float("nan")))
             self.last_val = result
+            self.tracker.validation(p.step, result.per_target)
             if result.mean_accuracy > p.best_score:
                 p.best_score, p.best_step = result.mean_accuracy, p.step
                 self.output.save_backbone(self.clf.backbone, "model/best", self.arch)
