@@ -228,6 +228,7 @@ def compare_sweep(
     baseline: str,
     confidence: float,
     endpoint_url: str,
+    mlflow_tracking_uri: str,
     table: Output[Markdown],
     report: Output[HTML],
     results: Output[Dataset],
@@ -236,7 +237,8 @@ def compare_sweep(
     from gbcosface.steps.sweep import compare_sweep as run
 
     out = run(plan=list(plan), run_id=run_id, output_uri=output_uri, target=target, baseline=baseline,
-              confidence=confidence, endpoint_url=endpoint_url, out_dir=results.path)
+              confidence=confidence, endpoint_url=endpoint_url, out_dir=results.path,
+              mlflow_tracking_uri=mlflow_tracking_uri)
     with open(table.path, "w") as fh:
         fh.write(out["markdown"])
     with open(report.path, "w") as fh:

@@ -86,6 +86,7 @@ def build_pipeline(options: "CompileOptions | None" = None):
         norm_score: bool = True,
         detector_score: bool = True,
         export_onnx: bool = True,
+        mlflow_tracking_uri: str = "",  # without KFP's MLflow integration: the steps make the runs (docs/tracking.md)
         image_pull_secret: str = pull_secret_default,
         eval_tolerations: list = gpu_tolerations(opts),  # noqa: B006, B008 - KFP needs a literal default
     ):
@@ -109,12 +110,13 @@ def build_pipeline(options: "CompileOptions | None" = None):
                     output_uri=output_uri, work_dir=work_dir, endpoint_url=endpoint_url, launcher=launcher,
                     job_kind=job_kind, nnodes=nnodes, nproc_per_node=nproc_per_node, gpus_per_node=gpus_per_node,
                     trainer_image=trainer_image, namespace=namespace, cluster_profile=cluster_profile,
-                    s3_secret=s3_secret, timeout_s=train_timeout_s), "train", opts.train_timeout_s)
+                    s3_secret=s3_secret, timeout_s=train_timeout_s, mlflow_tracking_uri=mlflow_tracking_uri),
+                    "train", opts.train_timeout_s)
                 evaluated = step(evaluate_model(
                     dataset=staged.outputs["dataset"], model=trained.outputs["model"], target=ijb_target,
                     work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
-                    detector_score=detector_score, gate_far=1e-4, output_uri=output_uri, run_id=it.run_id),
-                    "evaluate on IJB", opts.eval_timeout_s)
+                    detector_score=detector_score, gate_far=1e-4, output_uri=output_uri, run_id=it.run_id,
+                    mlflow_tracking_uri=mlflow_tracking_uri), "evaluate on IJB", opts.eval_timeout_s)
                 others = step(evaluate_other_targets(
                     dataset=staged.outputs["dataset"], model=trained.outputs["model"], gate_target=ijb_target,
                     work_dir=work_dir, endpoint_url=endpoint_url, flip=flip, norm_score=norm_score,
@@ -130,7 +132,8 @@ def build_pipeline(options: "CompileOptions | None" = None):
                 published.set_retry(num_retries=2, backoff_duration="60s")
 
             step(compare_sweep(plan=plan.output, run_id=run_id, output_uri=output_uri, target=ijb_target,
-                               baseline=baseline, confidence=confidence, endpoint_url=endpoint_url),
+                               baseline=baseline, confidence=confidence, endpoint_url=endpoint_url,
+                               mlflow_tracking_uri=mlflow_tracking_uri),
                  "compare", opts.small_timeout_s).after(published)
 
     if not runtime_k8s(backend):

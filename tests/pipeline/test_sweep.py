@@ -228,7 +228,9 @@ def test_compare_reads_the_published_iterations_and_publishes_the_table_beside_t
 def test_compare_skips_mlflow_cleanly_without_a_tracking_uri_or_without_mlflow(tmp_path, monkeypatch, caplog):
     out, plan = _published(tmp_path, TARS)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'mlruns'}")
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+    # `import mlflow` (and its submodules, which an earlier test may have imported) raises ImportError.
+    for name in ["mlflow", *(m for m in sys.modules if m.startswith("mlflow."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     with caplog.at_level(logging.WARNING, logger="gbcosface.steps.sweep"):
         res = sweep.compare_sweep(plan=plan, run_id="r1", output_uri=str(out), target="IJBC", baseline="cos",
                                   out_dir=str(tmp_path / "art"))

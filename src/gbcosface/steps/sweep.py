@@ -163,10 +163,12 @@ def cleanup_sweep_jobs(*, run_id: str, variants: Any, seeds: Any, launcher: str,
 
 
 def compare_sweep(*, plan: list[dict[str, Any]], run_id: str, output_uri: str, target: str, baseline: str,
-                  out_dir: str, endpoint_url: str = "", confidence: float = 0.95) -> dict[str, Any]:
+                  out_dir: str, endpoint_url: str = "", confidence: float = 0.95,
+                  mlflow_tracking_uri: str = "") -> dict[str, Any]:
     """Read every iteration's published `eval/<target>/metrics.json`, write the comparison
     (comparison.json, comparison.md, report.html, roc.png) to `out_dir` and to
-    `<output_uri>/runs/<run id>/compare/<target>/`, and log it to MLflow when tracking is on."""
+    `<output_uri>/runs/<run id>/compare/<target>/`, and log it to MLflow when tracking is on
+    (MLFLOW_TRACKING_URI, set by KFP 2.17's integration, or `mlflow_tracking_uri` without it)."""
     from gbcosface.eval import compare as cmp
     from gbcosface.storage import NotFoundError, upload
 
@@ -207,6 +209,8 @@ def compare_sweep(*, plan: list[dict[str, Any]], run_id: str, output_uri: str, t
     atomic_write_bytes(out / "comparison.json", (json.dumps(table, indent=2) + "\n").encode())
     compare_uri = context["compare uri"]
     upload(out, compare_uri, endpoint_url=endpoint)
+    if mlflow_tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri  # this step's own process only
     tracked = log_to_mlflow(table, runs, out)
     return {"table": table, "markdown": markdown, "html": page, "uri": compare_uri, "mlflow_run_id": tracked}
 
