@@ -82,3 +82,23 @@ def test_job_render_cli_refuses_an_env_name_with_a_space_in_one_line(tmp_path):
     assert proc.returncode != 0, proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'MY VAR' is not a valid environment variable name" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["pytorchjob", "trainjob"])
+def test_rendering_needs_no_test_only_package(kind):
+    """The image's train step renders the job (steps/train.py) with the runtime dependencies only:
+    jsonschema is a test extra, so rendering must not import it (it once did, and the image's train
+    step failed with ModuleNotFoundError while every test here passed)."""
+    code = (
+        "import sys\n"
+        "for name in ('jsonschema', 'kubernetes_validate'):\n"
+        "    sys.modules[name] = None  # any import of it raises ImportError\n"
+        "from gbcosface.config import load_config\n"
+        "from gbcosface.launch.kinds import get_job_kind\n"
+        "from gbcosface.launch.spec import JobSpec\n"
+        f"job = get_job_kind({kind!r}).render(JobSpec(name='gbc-deps', image='gbcosface:1'), load_config('demo'))\n"
+        "print('rendered', type(job).__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rendered" in proc.stdout

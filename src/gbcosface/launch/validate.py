@@ -25,8 +25,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from gbcosface.yaml_safe import read_yaml_file
 
 from . import contract
@@ -85,23 +83,31 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-_FORMATS = jsonschema.FormatChecker()
-
-
-@_FORMATS.checks("int32")
 def _int32(value: object) -> bool:
     return not isinstance(value, int) or -(2**31) <= value < 2**31
 
 
-@_FORMATS.checks("int64")
 def _int64(value: object) -> bool:
     return not isinstance(value, int) or -(2**63) <= value < 2**63
+
+
+def _format_checker() -> Any:
+    """jsonschema's checker with the CRDs' int formats. Imported here, not at module level: rendering
+    (spec_value_errors) runs in the image's steps, which do not install jsonschema (a test extra)."""
+    import jsonschema
+
+    checker = jsonschema.FormatChecker()
+    checker.checks("int32")(_int32)
+    checker.checks("int64")(_int64)
+    return checker
 
 
 def crd_schema_errors(obj: dict[str, Any], schema: dict[str, Any], strict: bool = True) -> list[str]:
     """Schema violations as `path: message` strings (empty when valid)."""
     schema = _strict(copy.deepcopy(schema)) if strict else schema
-    validator = jsonschema.Draft7Validator(schema, format_checker=_FORMATS)
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(schema, format_checker=_format_checker())
     errors = []
     for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
         path = ".".join(str(p) for p in err.absolute_path) or "<root>"
