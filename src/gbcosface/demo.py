@@ -140,8 +140,10 @@ def _start_mlflow(out: Path, s3: Any, stack: contextlib.ExitStack) -> Any:
 
     root = out / "mlflow"
     shutil.rmtree(root, ignore_errors=True)
+    # The server's artifact proxy is MLflow's own boto3 client, which knows only the standard AWS names
+    # (it is no KFP step, so they steer nothing else); GBCOSFACE_S3_* would leave it without credentials.
     server = LocalMlflowServer(root, artifacts_destination=f"s3://{BUCKET}/mlflow-artifacts",
-                               env={**s3.env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url})
+                               env={**s3.aws_tool_env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url})
     stack.callback(server.stop)
     stack.callback(lambda: [os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")])
     return server.start()  # ~20 s to ready on 2 cores: it overlaps the synthetic world's generation

@@ -8,6 +8,7 @@ is elsewhere.
 from __future__ import annotations
 
 import argparse
+import builtins
 import importlib
 import json
 import logging
@@ -126,7 +127,15 @@ def run_local(params: dict[str, Any], pipeline_root: str | Path, runner: str = "
     else:
         kfp_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
-    dag(**params)
+    # KFP's local runner indents step output by swapping builtins.print for the duration of a
+    # task (kfp 2.17.3 kfp/local/logging_utils.py: indented_print). Iterations of a ParallelFor
+    # run in threads (kfp/local/orchestrator/enhanced_dag_orchestrator.py), so the swaps nest out
+    # of order and one can outlive the run; put the real print back whatever happened.
+    real_print = builtins.print
+    try:
+        dag(**params)
+    finally:
+        builtins.print = real_print
     new = sorted(p for p in root.iterdir() if p.name not in before and p.is_dir())
     if not new:
         raise RuntimeError(f"the local run left no folder in {root}")

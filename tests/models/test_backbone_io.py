@@ -128,7 +128,9 @@ def test_unreadable_files_are_clear_errors(tmp_path):
         load_backbone(junk, name="iresnet18")
     evil = tmp_path / "evil.pt"
     with evil.open("wb") as fh:
-        pickle.dump({"fc.weight": torch.zeros(1), "hook": print}, fh)  # needs code to unpickle
+        # A reference to a module-level callable (never called): unpickling it needs code. Not
+        # `print`, which KFP's local runner may have swapped for a closure that cannot be pickled.
+        pickle.dump({"fc.weight": torch.zeros(1), "hook": json.dumps}, fh)
     with pytest.raises(BackboneLoadError, match="weights_only"):
         load_backbone(evil, name="iresnet18")
     unknown = tmp_path / "unknown.pt"

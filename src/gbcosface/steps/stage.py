@@ -50,12 +50,16 @@ def subset(manifest: Manifest, prefix: str) -> Manifest:
 
 
 def stage_pinned(manifest_path: str | Path, work_dir: str | Path, prefix: str | None = None,
-                 endpoint_url: str = "") -> Path:
-    """Stage (or reuse) the pinned dataset, or the part under `prefix`; return the local root."""
+                 endpoint_url: str = "", lock_timeout: float = 3600.0) -> Path:
+    """Stage (or reuse) the pinned dataset, or the part under `prefix`; return the local root.
+
+    Steps that share a machine share the cache (a sweep's iterations run side by side), so a stage
+    already writing there is waited for, as the training pods do (train/staging.py), not an error.
+    """
     manifest = read_manifest(manifest_path)
     wanted = subset(manifest, prefix) if prefix else manifest
     dest = data_cache_dir(work_dir)
     result = stage(manifest.source, dest, expected_manifest=wanted, endpoint_url=endpoint_url or None,
-                   progress=False)
+                   progress=False, lock_timeout=lock_timeout)
     log.info("%s", stage_cli_summary(result))
     return dest
