@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -45,6 +46,32 @@ def write_tiny_trainset(out: Path, num_ids: int = NUM_IDS, per_id: int = PER_ID,
     rng = np.random.default_rng(seed)
     samples = ((i, _identity_image(i, j, rng)) for i in range(num_ids) for j in range(per_id))
     return write_face_rec(out, samples, num_images=num_ids * per_id, num_classes=num_ids)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator:
+    """moto's S3 server on loopback, one for the training tests that stage or checkpoint through S3."""
+    from gbcosface.storage.local_server import LocalS3Server
+
+    server = LocalS3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bare_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A bare process (no torchrun variables), and torch's global determinism switch and threads restored after."""
+    import torch
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

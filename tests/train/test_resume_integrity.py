@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,27 +31,7 @@ from gbcosface.train.trainer import train
 
 from .conftest import run_train, tiny_config, write_config
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    yield
-    torch.use_deterministic_algorithms(False)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator:
-    from gbcosface.storage.local_server import LocalS3Server
-
-    server = LocalS3Server().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+pytestmark = pytest.mark.usefixtures("bare_process")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,7 @@ from gbcosface.train.trainer import NonFiniteLossError, train
 
 from .conftest import tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A bare process (no torchrun variables), and torch's global determinism switch restored after."""
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    yield
-    torch.use_deterministic_algorithms(False)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("bare_process")
 
 
 def _cfg(trainset: Path, output: str, **sections: dict):
@@ -95,17 +84,6 @@ def test_max_bad_steps_skips_then_stops(tmp_path: Path, tiny_trainset: Path) -> 
                run={"max_bad_steps": 2}, loss={"params": {"s": 1e39}})  # s overflows float32: inf logits
     with pytest.raises(NonFiniteLossError, match=r"at step 3 .*3 non-finite step"):
         train(cfg)
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator:
-    from gbcosface.storage.local_server import LocalS3Server
-
-    server = LocalS3Server().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.integration
