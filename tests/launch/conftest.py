@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fake_kube_api import FakeApiServer
 from launch_helpers import CRD_FILE
 
 from gbcosface.config import load_config
@@ -19,3 +20,10 @@ def crd_schema() -> dict:
 def demo_job():
     spec = JobSpec(name="gbc-test", image="registry.example/gbcosface-trainer:0.1.0", namespace="ns1")
     return render_job(spec, load_config("demo"))
+
+
+@pytest.fixture()
+def api():
+    """The fake Kubernetes API server (tests/launch/fake_kube_api.py): the one mock, as no API server runs here."""
+    with FakeApiServer() as server:
+        yield server

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from fake_kube_api import FakeApiServer, condition
+from fake_kube_api import condition
 
 from gbcosface.config import load_config
 from gbcosface.launch.client import (
@@ -26,12 +26,6 @@ from gbcosface.launch.client import (
 from gbcosface.launch.pytorchjob import JobSpec, render_job
 
 NS = "ns1"
-
-
-@pytest.fixture()
-def api():
-    with FakeApiServer() as server:
-        yield server
 
 
 def _client(api) -> JobClient:

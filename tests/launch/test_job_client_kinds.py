@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from fake_kube_api import FakeApiServer, event, pod
+from fake_kube_api import event, pod
 
 from gbcosface.config import load_config
 from gbcosface.launch.client import JobCancelledError, JobClient, JobError, JobFailedError, JobStuckError
@@ -22,12 +22,6 @@ from gbcosface.launch.spec import JobSpec
 
 NS = "ns1"
 KINDS = ("pytorchjob", "trainjob")
-
-
-@pytest.fixture()
-def api():
-    with FakeApiServer() as server:
-        yield server
 
 
 def _client(api, kind, **kw) -> JobClient:

@@ -14,27 +14,27 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from fake_kube_api import FakeApiServer, event, pod
-from test_job_client_kinds import DONE, FAILED, KINDS, RUNNING, _pod_labels, _pod_name, _render, _store
+from fake_kube_api import event, pod
+from test_job_client_kinds import (
+    DONE,
+    FAILED,
+    KINDS,
+    NS,
+    RUNNING,
+    _client,
+    _pod_labels,
+    _pod_name,
+    _render,
+    _store,
+)
 
-from gbcosface.launch.client import JobClient, JobError, JobFailedError, JobStartError, JobStuckError
+from gbcosface.launch.client import JobError, JobFailedError, JobStartError, JobStuckError
 from gbcosface.launch.kinds import get_job_kind
 from gbcosface.launch.profile import ClusterProfile, ProfileError, parse_cluster_profile
 
-NS = "ns1"
 GPU_MSG = ("0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: "
            "3 No preemption victims found for incoming pod.")
 LOGGER = "gbcosface.launch.client"
-
-
-@pytest.fixture()
-def api():
-    with FakeApiServer() as server:
-        yield server
-
-
-def _client(api, kind, **kw) -> JobClient:
-    return JobClient(namespace=NS, client_configuration=api.configuration(), request_timeout=5, kind=kind, **kw)
 
 
 def _done_after(api, kind, polls, before=None):

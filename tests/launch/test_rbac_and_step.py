@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import yaml
-from fake_kube_api import FakeApiServer, event, pod
+from fake_kube_api import event, pod
 from launch_helpers import REPO, find_tool
 
 from gbcosface.config import load_config
@@ -22,12 +22,6 @@ from gbcosface.launch.profile import parse_cluster_profile
 from gbcosface.steps.train import cleanup_job, job_spec
 
 RUN_ID = "0f8e4c1e-5b1a-4c39-9d6f-3e8a1c0b2d7e"
-
-
-@pytest.fixture()
-def api():
-    with FakeApiServer() as server:
-        yield server
 
 
 @pytest.fixture()
