@@ -7,12 +7,20 @@ log file, and the terminal gets
 - one line per finished step: its name, status and duration;
 - the training progress lines (rank 0's `step N/M ...`), shortened;
 - warnings and errors, and on a failed step the tail of the log and where the log is.
+
+KFP's local orchestrator also logs through the root logger (`logging.info("Skipping conditional
+task ...")`, "Applying expression selector ..." for every ParallelFor item, "Cleaned up workspace"),
+whose handler was made before the block and writes to the real terminal; for the block, records
+from KFP's own files go into the console (so into the log file) instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import logging
+import os
 import re
 import sys
 import threading
@@ -102,6 +110,48 @@ class StepConsole(io.TextIOBase):
             self._say(f"  full log: {self.log_path}")
 
 
+def _kfp_dirs() -> tuple[str, ...]:
+    spec = importlib.util.find_spec("kfp")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return tuple(os.path.join(os.path.realpath(loc), "") for loc in locations)
+
+
+class _FromKfp(logging.Filter):
+    """Passes (or, with `keep=False`, drops) the records logged from KFP's own source files."""
+
+    def __init__(self, dirs: tuple[str, ...], keep: bool) -> None:
+        super().__init__()
+        self._dirs, self._keep = dirs, keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = os.path.realpath(record.pathname) if record.pathname else ""
+        return path.startswith(self._dirs) == self._keep
+
+
+@contextlib.contextmanager
+def _kfp_logs_into(console: StepConsole) -> Iterator[None]:
+    """For the block, root-logger records from KFP's files go to `console`, not the root's handlers."""
+    dirs = _kfp_dirs()
+    if not dirs:
+        yield
+        return
+    root = logging.getLogger()
+    drop = _FromKfp(dirs, keep=False)
+    handlers = list(root.handlers)
+    into = logging.StreamHandler(console)
+    into.addFilter(_FromKfp(dirs, keep=True))
+    into.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for handler in handlers:
+        handler.addFilter(drop)
+    root.addHandler(into)
+    try:
+        yield
+    finally:
+        root.removeHandler(into)
+        for handler in handlers:
+            handler.removeFilter(drop)
+
+
 @contextlib.contextmanager
 def step_console(log_path: str | Path, quiet: bool = True) -> Iterator[StepConsole | None]:
     """Route stdout and stderr through a StepConsole (and into `log_path`) for the block.
@@ -115,7 +165,7 @@ def step_console(log_path: str | Path, quiet: bool = True) -> Iterator[StepConso
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as log:
         console = StepConsole(log, sys.__stdout__ if sys.stdout is None else sys.stdout, path)
-        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console), _kfp_logs_into(console):
             try:
                 yield console
             finally:

@@ -6,8 +6,11 @@ output, outputs) into the StepConsole; only the terminal is a StringIO.
 
 # (No `from __future__ import annotations`: KFP reads the component annotations as real types.)
 import io
+import logging
 import sys
+from pathlib import Path
 
+import kfp
 import pytest
 from kfp import dsl, local
 
@@ -93,3 +96,38 @@ def test_lines_split_across_writes_are_parsed_whole(chunks):
         console.write(chunk)
     assert term.getvalue().split() == ["a", "SUCCESS", "0.0", "s"]
     assert log.getvalue() == "".join(chunks)
+
+
+def _record(pathname: str, msg: str, level: int = logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord("root", level, pathname, 1, msg, None, None)
+
+
+def test_kfp_root_logger_lines_go_to_the_log_file_not_the_terminal(tmp_path):
+    # KFP 2.17's local orchestrator calls logging.info() for every ParallelFor item and skipped
+    # condition; the root handler a CLI set up earlier writes to the terminal.
+    kfp_file = str(Path(kfp.__file__).parent / "local" / "dag_orchestrator.py")
+    terminal, handler_out = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(handler_out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    old_level, old_stdout = root.level, sys.stdout
+    root.setLevel(logging.INFO)
+    sys.stdout = terminal
+    try:
+        with step_console(tmp_path / "pipeline.log"):
+            root.handle(_record(kfp_file, "Applying expression selector 'x' to parent value"))
+            root.handle(_record(__file__, "ours, stays on the terminal"))
+        root.handle(_record(kfp_file, "after the block: as before"))
+        # The block leaves the root's handlers as it found them.
+        assert handler.filters == [] and not any(isinstance(h.stream, StepConsole) for h in root.handlers
+                                                 if isinstance(h, logging.StreamHandler))
+    finally:
+        sys.stdout = old_stdout
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    log = (tmp_path / "pipeline.log").read_text()
+    assert "INFO root: Applying expression selector 'x' to parent value" in log
+    assert "Applying expression selector" not in handler_out.getvalue() + terminal.getvalue()
+    assert "ours, stays on the terminal" in handler_out.getvalue()
+    assert "after the block: as before" in handler_out.getvalue()
