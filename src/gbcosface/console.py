@@ -111,9 +111,11 @@ class StepConsole(io.TextIOBase):
 
 
 def _kfp_dirs() -> tuple[str, ...]:
+    """KFP's package directories, as its modules' `__file__` (a record's `pathname`) spells them and resolved,
+    so the per-record check is a string prefix test with no filesystem call."""
     spec = importlib.util.find_spec("kfp")
     locations = list(spec.submodule_search_locations or []) if spec else []
-    return tuple(os.path.join(os.path.realpath(loc), "") for loc in locations)
+    return tuple({os.path.join(form, "") for loc in locations for form in (loc, os.path.realpath(loc))})
 
 
 class _FromKfp(logging.Filter):
@@ -124,8 +126,7 @@ class _FromKfp(logging.Filter):
         self._dirs, self._keep = dirs, keep
 
     def filter(self, record: logging.LogRecord) -> bool:
-        path = os.path.realpath(record.pathname) if record.pathname else ""
-        return path.startswith(self._dirs) == self._keep
+        return (record.pathname or "").startswith(self._dirs) == self._keep
 
 
 @contextlib.contextmanager
